@@ -1,0 +1,112 @@
+/**
+ * The meaning of each write op, written once over an abstract view of the tables. The
+ * memory backend applies it to its maps; the MySQL backend applies it to rows it loaded
+ * (locked) in the same transaction and then writes the difference. SQLite runs the same
+ * rules as prepared statements, and the model test checks it against this.
+ *
+ * @internal
+ * @module
+ */
+import type { Fact, RequestUriMapping, WriteResult } from './types.js'
+import type { PreparedDeadLetter, PreparedEvent, PreparedOp, PreparedQueue, PreparedRequest } from './validation.js'
+
+/** Reads and writes of one transaction. Reads see the transaction's own earlier writes. */
+export interface TableView {
+  getRequest(id: string): PreparedRequest | undefined
+  putRequest(request: PreparedRequest): void
+  getMapping(queue: string, uri: string): string | undefined
+  putMapping(mapping: RequestUriMapping): void
+  getQueue(name: string): PreparedQueue | undefined
+  putQueue(queue: PreparedQueue): void
+  getFact(queue: string, uri: string, project: string): Fact | undefined
+  putFact(fact: Fact): void
+  getCounter(queue: string): number
+  putCounter(queue: string, value: number): void
+  hasEvent(nodeId: string, seq: number): boolean
+  putEvent(event: PreparedEvent): void
+  hasDeadLetter(id: string): boolean
+  putDeadLetter(letter: PreparedDeadLetter): void
+}
+
+const OK: WriteResult = { status: 'ok' }
+const EXISTS: WriteResult = { status: 'already_exists' }
+const MISMATCH: WriteResult = { status: 'version_mismatch' }
+const MISSING: WriteResult = { status: 'not_found' }
+
+/** Applies one op to the view and reports its outcome. */
+export function applyOp(op: PreparedOp, view: TableView): WriteResult {
+  switch (op.op) {
+    case 'request.create': {
+      if (view.getRequest(op.request.record.id) !== undefined) return EXISTS
+      view.putRequest(op.request)
+      return OK
+    }
+    case 'request.update': {
+      const current = view.getRequest(op.request.record.id)
+      if (current === undefined) return MISSING
+      if (current.record.version !== op.oldVersion) return MISMATCH
+      view.putRequest(mergeRequest(current, op.request, op.newVersion))
+      return OK
+    }
+    case 'requestUri.create': {
+      const { queue, uri } = op.mapping
+      if (view.getMapping(queue, uri) !== undefined) return EXISTS
+      view.putMapping(op.mapping)
+      return OK
+    }
+    case 'queue.create': {
+      if (view.getQueue(op.queue.record.name) !== undefined) return EXISTS
+      view.putQueue(op.queue)
+      return OK
+    }
+    case 'queue.update': {
+      const current = view.getQueue(op.queue.record.name)
+      if (current === undefined) return MISSING
+      if (current.record.version !== op.oldVersion) return MISMATCH
+      view.putQueue(mergeQueue(current, op.queue, op.newVersion))
+      return OK
+    }
+    case 'fact.put': {
+      const { queue, uri, project } = op.fact
+      const existing = view.getFact(queue, uri, project)
+      if (existing !== undefined) return { status: 'already_exists', fact: { ...existing } }
+      view.putFact(op.fact)
+      return OK
+    }
+    case 'counter.next': {
+      const value = view.getCounter(op.queue) + 1
+      view.putCounter(op.queue, value)
+      return { status: 'ok', value }
+    }
+    case 'event.append': {
+      if (view.hasEvent(op.event.nodeId, op.event.seq)) return EXISTS
+      view.putEvent(op.event)
+      return OK
+    }
+    case 'deadLetter.put': {
+      if (view.hasDeadLetter(op.deadLetter.letter.id)) return EXISTS
+      view.putDeadLetter(op.deadLetter)
+      return OK
+    }
+  }
+}
+
+/** The stored request after an update: immutable fields kept, mutable ones replaced. */
+export function mergeRequest(current: PreparedRequest, next: PreparedRequest, version: number): PreparedRequest {
+  const { id, queue, uri, createdAt } = current.record
+  const { state, updatedAt } = next.record
+  return { record: { id, queue, uri, state, version, createdAt, updatedAt }, n: current.n, dataJson: next.dataJson }
+}
+
+/** The stored queue after an update: name and createdAt kept, the rest replaced. */
+export function mergeQueue(current: PreparedQueue, next: PreparedQueue, version: number): PreparedQueue {
+  const { name, createdAt } = current.record
+  const { lastGreen, updatedAt } = next.record
+  const record = { name, version, createdAt, updatedAt }
+  return {
+    record: lastGreen === undefined ? record : { ...record, lastGreen },
+    configJson: next.configJson,
+    lastGreenJson: next.lastGreenJson,
+    snapshotJson: next.snapshotJson,
+  }
+}

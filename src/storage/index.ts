@@ -1,0 +1,50 @@
+/**
+ * The storage contract: types, typed errors and input rules. Backends live in their own
+ * subpaths (`stovepipe/storage/memory`, `…/sqlite`, `…/mysql`) so importing this never
+ * loads a driver.
+ * @module
+ */
+export {
+  AlreadyExistsError,
+  InvalidInputError,
+  NotFoundError,
+  StorageClosedError,
+  StorageFailedError,
+  StorageUnavailableError,
+  StoppedError,
+  StovepipeError,
+  UnavailableError,
+  VersionMismatchError,
+  isRetryable,
+} from './errors.js'
+export type { StovepipeErrorCode, StovepipeErrorOptions } from './errors.js'
+export { FINAL_REQUEST_STATES, REQUEST_STATES } from './types.js'
+export type {
+  CounterStore,
+  DeadLetter,
+  DeadLetterStore,
+  EventEntry,
+  EventRow,
+  EventStore,
+  Fact,
+  FactPutResult,
+  FactStore,
+  GapEntry,
+  Json,
+  JsonObject,
+  LastGreen,
+  ListRequestsOptions,
+  Page,
+  QueueRecord,
+  QueueStore,
+  ReadEventsOptions,
+  RequestRecord,
+  RequestState,
+  RequestStore,
+  RequestUriMapping,
+  RequestUriStore,
+  Storage,
+  WriteOp,
+  WriteResult,
+} from './types.js'
+export { MAX_JSON_BYTES, MAX_PROJECT_BYTES, MAX_URI_BYTES, NODE_ID_PATTERN, QUEUE_NAME_PATTERN } from './validation.js'
