@@ -1,0 +1,406 @@
+/**
+ * The request machine: one validation of one queue at one URI.
+ *
+ * ```
+ * accepted ──START──▶ processing.planning ──▶ processing.building ──▶ processing.recording ──▶ recorded
+ *    ├──SUPERSEDE──▶ superseded          (planning or building) ──CANCEL / deadline──▶ cancelled / recorded (indeterminate)
+ * ```
+ *
+ * Pure: every side effect is a provided actor (`persist`, `plan`, `build`, `record`) or
+ * delay (`retry`, `deadline`), swapped in by the runtime (`machine.provide`) and by tests.
+ * Every durable step first persists its state (a CAS write the machine waits for), then
+ * works; so a restarted runtime resumes a request at its last persisted step. Transient
+ * failures retry with backoff (`retry` delay) up to `maxAttempts`; then, or when the
+ * deadline passes, the request is recorded `indeterminate` (fail closed: never green).
+ *
+ * @module
+ */
+import { assign, fromPromise, not, sendParent, setup, stateIn, type ActorRefFrom, type SnapshotFrom } from 'xstate'
+import type { BuildResult, Strategy } from '../build/types.js'
+import type { RequestState } from '../storage/types.js'
+
+/** A request's verdict: green and red are facts about the commit; indeterminate is not. */
+export type Verdict = 'green' | 'red' | 'indeterminate'
+
+/** The steps a request persists, as stored in `RequestRecord.data.step`. */
+export type RequestStep =
+  'accepted' | 'processing.planning' | 'processing.building' | 'processing.recording' | 'recorded' | 'superseded' | 'cancelled'
+
+/** What a build left behind, kept with the request (plain JSON). */
+export interface BuildSummary {
+  outcome: 'passed' | 'failed'
+  projects: Record<string, 'passed' | 'failed'> | null
+  /** The last 64 KiB of the build's output. */
+  log: string | null
+}
+
+/** The request machine's context: plain JSON, persisted as is. */
+export interface RequestContext {
+  id: string
+  queue: string
+  uri: string
+  /** The request number (`request/<queue>/<n>`). */
+  n: number
+  /** CAS version of the stored row. */
+  version: number
+  /** The step last persisted (where a restarted runtime resumes). */
+  step: RequestStep
+  createdAt: number
+  /** Attempts a step gets before the request is recorded indeterminate. */
+  maxAttempts: number
+  projects: string[] | null
+  /** The queue's last green when processing started. */
+  lastGreen: { uri: string; requestId: string } | null
+  startedAt: number | null
+  /** Absolute deadline (epoch ms); re-armed after a restart. */
+  deadlineAt: number | null
+  strategy: Strategy | null
+  baseline: string | null
+  /** Why the strategy is full when a last green exists. */
+  fallback: string | null
+  /** Failed attempts of the current step. */
+  attempt: number
+  build: BuildSummary | null
+  verdict: Verdict | null
+  /** 0 green … 1 fully broken; null when indeterminate. */
+  degree: number | null
+  /** Why the verdict is what it is (indeterminate reasons, existing facts). */
+  reason: string | null
+  /** Whether this request wrote the fact (false when one existed: first writer wins). */
+  factWritten: boolean | null
+  supersededBy: string | null
+  endedAt: number | null
+}
+
+/** Input of a new request, or of one resumed from storage. */
+export type RequestInput =
+  | { kind: 'new'; id: string; queue: string; uri: string; n: number; version: number; createdAt: number; maxAttempts: number }
+  | { kind: 'resume'; context: RequestContext }
+
+/** Events a request accepts. */
+export type RequestEvent =
+  | {
+      type: 'START'
+      at: number
+      deadlineAt: number
+      lastGreen: { uri: string; requestId: string } | null
+      projects: string[] | null
+    }
+  | { type: 'SUPERSEDE'; by: string; at: number }
+  | { type: 'CANCEL'; at: number }
+
+/** What a request tells its queue when it ends. */
+export type RequestReport =
+  | { type: 'request.recorded'; id: string; n: number; uri: string; verdict: Verdict; at: number }
+  | { type: 'request.ended'; id: string; n: number; state: 'superseded' | 'cancelled'; at: number }
+
+/** The context of a request just accepted (also what ingest stores in its row). */
+export function newRequestContext(input: Omit<Extract<RequestInput, { kind: 'new' }>, 'kind'>): RequestContext {
+  const { id, queue, uri, n, version, createdAt, maxAttempts } = input
+  return {
+    id,
+    queue,
+    uri,
+    n,
+    version,
+    step: 'accepted',
+    createdAt,
+    maxAttempts,
+    projects: null,
+    lastGreen: null,
+    startedAt: null,
+    deadlineAt: null,
+    strategy: null,
+    baseline: null,
+    fallback: null,
+    attempt: 0,
+    build: null,
+    verdict: null,
+    degree: null,
+    reason: null,
+    factWritten: null,
+    supersededBy: null,
+    endedAt: null,
+  }
+}
+
+/** Input of the `persist` actor: write the context as `step` (CAS from `context.version`). */
+export interface PersistInput {
+  context: RequestContext
+  step: RequestStep
+  state: RequestState
+}
+/** Output of `persist`: the stored version and step. */
+export interface PersistOutput {
+  version: number
+  step: RequestStep
+}
+/** Input of the step actors (`plan`, `build`, `record`): persist `step`, then do the work. */
+export interface StepInput {
+  context: RequestContext
+  /** The step to persist first (`concluding` records without persisting a step of its own). */
+  step: RequestStep | 'concluding'
+}
+/** Output of `plan`: the strategy, and the row version after persisting the step. */
+export interface PlanOutput {
+  strategy: Strategy
+  baseline: string | null
+  fallback: string | null
+  version: number
+}
+/** Output of `build`: the builder's result, and the row version after persisting the step. */
+export type BuildOutput = BuildResult & { version: number }
+/** Output of `record`: the verdict as stored (an existing fact wins), and the row version. */
+export interface RecordOutput {
+  verdict: Verdict
+  degree: number | null
+  factWritten: boolean
+  reason: string | null
+  version: number
+  at: number
+}
+
+const notProvided = (name: string) =>
+  fromPromise<never, unknown>(() => Promise.reject(new Error(`the ${name} actor was not provided to the request machine`)))
+
+/** A failure the runtime may retry (storage or infrastructure unavailable). */
+function isRetryable(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && 'retryable' in error && error.retryable === true
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? `${error.name}: ${error.message}` : String(error)
+}
+
+/** The top-level state of a step, as stored in the row's `state` column. */
+export function stateOfStep(step: RequestStep): RequestState {
+  return step.startsWith('processing.') ? 'processing' : (step as RequestState)
+}
+
+/**
+ * A step state. Its actor first persists the step (a CAS write the machine waits for),
+ * then works; transient failures retry the whole step after a backoff.
+ */
+function step(name: RequestStep, work: 'plan' | 'build' | 'record', next: string, done: 'planned' | 'built' | 'recorded') {
+  return {
+    initial: 'running' as const,
+    entry: { type: 'entered' as const, params: { step: name } },
+    states: {
+      running: {
+        invoke: {
+          src: work,
+          input: ({ context }: { context: RequestContext }): StepInput => ({ context, step: name }),
+          onDone: { target: next, actions: done },
+          onError: [
+            { guard: 'canRetry' as const, target: 'waiting', actions: 'failedAttempt' as const },
+            { target: '#request.concluding', actions: 'gaveUp' as const },
+          ],
+        },
+      },
+      waiting: { after: { retry: 'running' } },
+    },
+  }
+}
+
+/** The request machine. */
+export const requestMachine = setup({
+  types: {
+    context: {} as RequestContext,
+    events: {} as RequestEvent,
+    input: {} as RequestInput,
+  },
+  actors: {
+    persist: notProvided('persist') as unknown as ReturnType<typeof fromPromise<PersistOutput, PersistInput>>,
+    plan: notProvided('plan') as unknown as ReturnType<typeof fromPromise<PlanOutput, StepInput>>,
+    build: notProvided('build') as unknown as ReturnType<typeof fromPromise<BuildOutput, StepInput>>,
+    record: notProvided('record') as unknown as ReturnType<typeof fromPromise<RecordOutput, StepInput>>,
+  },
+  delays: {
+    /** Backoff before the next attempt of a step (the runtime provides jitter and its clock). */
+    retry: ({ context }) => Math.min(30_000, 1000 * 2 ** Math.max(0, context.attempt - 1)),
+    /** Time left until `deadlineAt` (the runtime provides its clock). */
+    deadline: ({ context }) =>
+      context.deadlineAt === null || context.startedAt === null ? 2 ** 31 - 1 : context.deadlineAt - context.startedAt,
+  },
+  guards: {
+    canRetry: ({ context, event }) => isRetryable((event as { error?: unknown }).error) && context.attempt + 1 < context.maxAttempts,
+  },
+  actions: {
+    /** The request entered a step: the runtime logs the transition and wakes waiters. */
+    entered: (_, _params: { step: string }) => undefined,
+    started: assign(({ event }) => {
+      if (event.type !== 'START') return {}
+      return { startedAt: event.at, deadlineAt: event.deadlineAt, lastGreen: event.lastGreen, projects: event.projects, attempt: 0 }
+    }),
+    stored: assign(({ event }) => {
+      const { version, step } = (event as unknown as { output: PersistOutput }).output
+      return { version, step }
+    }),
+    planned: assign(({ event }) => {
+      const { strategy, baseline, fallback, version } = (event as unknown as { output: PlanOutput }).output
+      return { strategy, baseline, fallback, version, step: 'processing.planning' as const, attempt: 0 }
+    }),
+    built: assign(({ event }) => {
+      const result = (event as unknown as { output: BuildOutput }).output
+      const build: BuildSummary = {
+        outcome: result.outcome === 'passed' ? 'passed' : 'failed',
+        projects: result.projects ?? null,
+        log: result.log === undefined ? null : result.log.slice(-64 * 1024),
+      }
+      const projects = build.projects === null ? [] : Object.values(build.projects)
+      const degree =
+        projects.length > 0 ? projects.filter((p) => p === 'failed').length / projects.length : build.outcome === 'passed' ? 0 : 1
+      const verdict = degree === 0 ? ('green' as const) : ('red' as const)
+      return { build, degree, verdict, version: result.version, step: 'processing.building' as const, attempt: 0 }
+    }),
+    recorded: assign(({ event }) => {
+      const out = (event as unknown as { output: RecordOutput }).output
+      return {
+        verdict: out.verdict,
+        degree: out.degree,
+        factWritten: out.factWritten,
+        reason: out.reason,
+        version: out.version,
+        step: 'recorded' as const,
+        endedAt: out.at,
+      }
+    }),
+    failedAttempt: assign(({ context }) => ({ attempt: context.attempt + 1 })),
+    gaveUp: assign(({ context, event }) => ({
+      verdict: 'indeterminate' as const,
+      degree: null,
+      reason: `gave up after ${context.attempt + 1} attempt(s): ${describe((event as { error?: unknown }).error)}`,
+      attempt: 0,
+    })),
+    deadlinePassed: assign({ verdict: 'indeterminate' as const, degree: null, reason: 'maxValidationMs passed', attempt: 0 }),
+    superseded: assign(({ event }) => (event.type === 'SUPERSEDE' ? { supersededBy: event.by, endedAt: event.at } : {})),
+    cancelled: assign(({ event }) => (event.type === 'CANCEL' ? { endedAt: event.at, reason: 'cancelled' } : {})),
+    ended: assign(({ event }) => {
+      const { version, step } = (event as unknown as { output: PersistOutput }).output
+      return { version, step }
+    }),
+    reportRecorded: sendParent(({ context }): RequestReport => ({
+      type: 'request.recorded',
+      id: context.id,
+      n: context.n,
+      uri: context.uri,
+      verdict: context.verdict ?? 'indeterminate',
+      at: context.endedAt ?? 0,
+    })),
+    reportSuperseded: sendParent(({ context }): RequestReport => ({
+      type: 'request.ended',
+      id: context.id,
+      n: context.n,
+      state: 'superseded',
+      at: context.endedAt ?? 0,
+    })),
+    reportCancelled: sendParent(({ context }): RequestReport => ({
+      type: 'request.ended',
+      id: context.id,
+      n: context.n,
+      state: 'cancelled',
+      at: context.endedAt ?? 0,
+    })),
+    /** A final write failed for good: escalate to the queue, which salvages and logs. */
+    escalate: ({ event }) => {
+      const { error } = event as { error?: unknown }
+      throw error instanceof Error ? error : new Error(describe(error))
+    },
+  },
+}).createMachine({
+  id: 'request',
+  context: ({ input }) => (input.kind === 'resume' ? input.context : newRequestContext(input)),
+  initial: 'boot',
+  states: {
+    /** Routes a resumed request to the step it had persisted; new requests go to accepted. */
+    boot: {
+      always: [
+        { guard: ({ context }) => context.step === 'processing.planning', target: '#request.processing.planning' },
+        { guard: ({ context }) => context.step === 'processing.building', target: '#request.processing.building' },
+        { guard: ({ context }) => context.step === 'processing.recording', target: '#request.processing.recording' },
+        { target: 'accepted' },
+      ],
+    },
+    accepted: {
+      entry: { type: 'entered', params: { step: 'accepted' } },
+      on: {
+        START: { target: 'processing', actions: 'started' },
+        SUPERSEDE: { target: 'superseding', actions: 'superseded' },
+        CANCEL: { target: 'cancelling', actions: 'cancelled' },
+      },
+    },
+    processing: {
+      initial: 'planning',
+      // The deadline covers planning and building; recording is too late to interrupt.
+      after: {
+        deadline: { guard: not(stateIn('#request.processing.recording')), target: '#request.concluding', actions: 'deadlinePassed' },
+      },
+      states: {
+        planning: {
+          ...step('processing.planning', 'plan', '#request.processing.building', 'planned'),
+          on: { CANCEL: { target: '#request.cancelling', actions: 'cancelled' } },
+        },
+        building: {
+          ...step('processing.building', 'build', '#request.processing.recording', 'built'),
+          on: { CANCEL: { target: '#request.cancelling', actions: 'cancelled' } },
+        },
+        /** Persists the build result, then writes the fact (unless one exists) and the verdict. */
+        recording: step('processing.recording', 'record', '#request.recorded', 'recorded'),
+      },
+    },
+    /** Records an indeterminate verdict (no fact). Retries while storage is unavailable. */
+    concluding: {
+      entry: { type: 'entered', params: { step: 'concluding' } },
+      initial: 'running',
+      states: {
+        running: {
+          invoke: {
+            src: 'record',
+            input: ({ context }): StepInput => ({ context, step: 'concluding' }),
+            onDone: { target: '#request.recorded', actions: 'recorded' },
+            onError: [
+              { guard: ({ event }) => isRetryable(event.error), target: 'waiting', actions: 'failedAttempt' },
+              { actions: 'escalate' },
+            ],
+          },
+        },
+        waiting: { after: { retry: 'running' } },
+      },
+    },
+    superseding: { ...terminal('superseded'), entry: { type: 'entered', params: { step: 'superseding' } } },
+    cancelling: { ...terminal('cancelled'), entry: { type: 'entered', params: { step: 'cancelling' } } },
+    recorded: { type: 'final', entry: [{ type: 'entered', params: { step: 'recorded' } }, 'reportRecorded'] },
+    superseded: { type: 'final', entry: [{ type: 'entered', params: { step: 'superseded' } }, 'reportSuperseded'] },
+    cancelled: { type: 'final', entry: [{ type: 'entered', params: { step: 'cancelled' } }, 'reportCancelled'] },
+  },
+})
+
+/** Persists a final state other than recorded, then enters it. */
+function terminal(final: 'superseded' | 'cancelled') {
+  return {
+    initial: 'running' as const,
+    states: {
+      running: {
+        invoke: {
+          src: 'persist' as const,
+          input: ({ context }: { context: RequestContext }): PersistInput => ({ context, step: final, state: final }),
+          onDone: { target: `#request.${final}`, actions: 'ended' as const },
+          onError: [
+            {
+              guard: ({ event }: { event: { error: unknown } }) => isRetryable(event.error),
+              target: 'waiting',
+              actions: 'failedAttempt' as const,
+            },
+            { actions: 'escalate' as const },
+          ],
+        },
+      },
+      waiting: { after: { retry: 'running' } },
+    },
+  }
+}
+
+/** The request machine's actor type. */
+export type RequestActor = ActorRefFrom<typeof requestMachine>
+/** A request machine snapshot. */
+export type RequestSnapshot = SnapshotFrom<typeof requestMachine>

@@ -1,0 +1,345 @@
+/**
+ * One queue as the runtime hosts it: its actor, ingest (serialized per queue), the
+ * persistence of the queue's snapshot (CAS, coalesced), waiting for requests, and the
+ * public {@link QueueHandle}.
+ *
+ * @internal
+ * @module
+ */
+import type { Logger } from 'pino'
+import type { Clock } from '../actors/clock.js'
+import type { Writer } from '../actors/writer.js'
+import type { QueueActor, QueueConfig, QueueContext } from '../machines/queue.js'
+import { newRequestContext } from '../machines/request.js'
+import type { SourceControl } from '../sourcecontrol/types.js'
+import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError } from '../storage/errors.js'
+import {
+  FINAL_REQUEST_STATES,
+  type Json,
+  type Page,
+  type QueueRecord,
+  type RequestRecord,
+  type RequestState,
+  type Storage,
+} from '../storage/types.js'
+import { parseRequestId } from '../storage/validation.js'
+import { requestRecord, writeFailure } from './request-services.js'
+import { describeRequest, type RequestView } from './views.js'
+
+/** What `ingest` resolves with. */
+export interface IngestResult {
+  /** The request validating the head (`request/<queue>/<n>`). */
+  id: string
+  /** The head's URI. */
+  uri: string
+  /** True when the head already had a request (it was reported before). */
+  deduplicated: boolean
+}
+
+/** What `cancel` did. */
+export interface CancelResult {
+  id: string
+  /** True when the request is now cancelled; false when it had already ended or was recording. */
+  cancelled: boolean
+  state: RequestState
+}
+
+/** The last green commit of a queue, as the API returns it. */
+export interface LastGreenView {
+  uri: string
+  requestId: string
+  at: number
+}
+
+/** A queue, as the runtime API exposes it. */
+export interface QueueHandle {
+  readonly name: string
+  config(): QueueConfig
+  /** Resolves the ref's head through source control and mints (or finds) its request. */
+  ingest(): Promise<IngestResult>
+  /**
+   * Resolves with the request once it is in `state` (default `recorded`), or once it has
+   * ended in another final state (check `state` of the result).
+   */
+  waitFor(id: string, state?: RequestState): Promise<RequestView>
+  /** The newest green commit, or undefined when there is none. */
+  lastGreen(): LastGreenView | undefined
+  /** Recorded requests, newest first: the greenness history. */
+  history(options?: { cursor?: string; limit?: number }): Promise<Page<RequestView>>
+  /** Cancels a request that has not reached recording (its build is aborted, no fact is written). */
+  cancel(id: string): Promise<CancelResult>
+  /** Requests in flight, oldest first. */
+  inFlight(): { id: string; n: number; uri: string; state: string }[]
+  /** Counts since the queue was created. */
+  stats(): QueueContext['stats']
+}
+
+/** What a queue host needs from the runtime. */
+export interface QueueHostDeps {
+  storage: Storage
+  writer: Writer
+  clock: Clock
+  logger: Logger
+  sourceControl: SourceControl
+  isStopping(): boolean
+  onIngest(deduplicated: boolean): void
+}
+
+interface Waiter {
+  state: RequestState
+  resolve: (view: RequestView) => void
+  reject: (error: Error) => void
+}
+
+const reached = (current: RequestState, wanted: RequestState): boolean =>
+  current === wanted || FINAL_REQUEST_STATES.includes(current) || (wanted === 'accepted' && current === 'processing')
+
+/**
+ * The durable part of a queue's context: what recovery cannot rebuild from request rows.
+ * (Requests in flight and their leases are rebuilt from the rows; counts ride along.)
+ */
+const durable = (context: QueueContext): string => JSON.stringify([context.config, context.lastGreen])
+
+export class QueueHost implements QueueHandle {
+  private ingestChain: Promise<unknown> = Promise.resolve()
+  private readonly waiters = new Map<string, Waiter[]>()
+  private persisted: string
+  private pending: QueueContext | undefined
+  private persisting: Promise<void> | undefined
+
+  constructor(
+    readonly name: string,
+    readonly actor: QueueActor,
+    private version: number,
+    private readonly deps: QueueHostDeps,
+  ) {
+    this.persisted = durable(actor.getSnapshot().context)
+    actor.subscribe({
+      next: (snapshot) => {
+        const text = durable(snapshot.context)
+        if (text === this.persisted) return
+        this.persisted = text
+        this.pending = snapshot.context
+        this.persisting ??= this.persistLoop()
+      },
+      error: (error: unknown) => {
+        deps.logger.error({ err: error, queue: name }, 'queue actor failed')
+      },
+    })
+  }
+
+  config(): QueueConfig {
+    return this.actor.getSnapshot().context.config
+  }
+
+  stats(): QueueContext['stats'] {
+    return { ...this.actor.getSnapshot().context.stats }
+  }
+
+  lastGreen(): LastGreenView | undefined {
+    const lastGreen = this.actor.getSnapshot().context.lastGreen
+    return lastGreen === null ? undefined : { uri: lastGreen.uri, requestId: lastGreen.requestId, at: lastGreen.at }
+  }
+
+  inFlight(): { id: string; n: number; uri: string; state: string }[] {
+    return Object.entries(this.actor.getSnapshot().context.requests)
+      .map(([id, r]) => ({ id, n: r.n, uri: r.uri, state: r.state }))
+      .sort((a, b) => a.n - b.n)
+  }
+
+  async history(options: { cursor?: string; limit?: number } = {}): Promise<Page<RequestView>> {
+    const page = await this.deps.storage.requests.listByQueue(this.name, { ...options, states: ['recorded'], order: 'desc' })
+    return { ...page, items: page.items.map(describeRequest) }
+  }
+
+  /** Writes the queue's snapshot (context, no children) with CAS; coalesces bursts. */
+  private async persistLoop(): Promise<void> {
+    try {
+      for (let context = this.pending; context !== undefined; context = this.pending) {
+        this.pending = undefined
+        await this.persistContext(context)
+      }
+    } catch (error) {
+      this.deps.logger.error({ err: error, queue: this.name }, 'queue snapshot not persisted')
+    } finally {
+      this.persisting = undefined
+    }
+  }
+
+  private async persistContext(context: QueueContext): Promise<void> {
+    // getPersistedSnapshot() without the children (requests live in their own rows), as plain JSON.
+    const snapshot = JSON.parse(
+      JSON.stringify({ ...(this.actor.getPersistedSnapshot() as Record<string, unknown>), context, children: {} }),
+    ) as Json
+    const now = Math.max(0, Math.floor(this.deps.clock.now()))
+    const record: QueueRecord = {
+      name: this.name,
+      version: this.version + 1,
+      config: context.config as unknown as QueueRecord['config'],
+      snapshot,
+      createdAt: now,
+      updatedAt: now,
+    }
+    if (context.lastGreen !== null)
+      record.lastGreen = { uri: context.lastGreen.uri, requestId: context.lastGreen.requestId, at: context.lastGreen.at }
+    for (let tries = 0; tries < 3; tries++) {
+      const [result] = await this.deps.writer.write([
+        { op: 'queue.update', record: { ...record, version: this.version + 1 }, oldVersion: this.version, newVersion: this.version + 1 },
+      ])
+      if (result?.status === 'ok') {
+        this.version++
+        return
+      }
+      if (result?.status === 'version_mismatch' || result?.status === 'not_found') {
+        // Only this host writes the row; re-read its version and write on top.
+        const stored = await this.deps.storage.queues.get(this.name).catch(() => undefined)
+        if (stored === undefined) break
+        this.version = stored.version
+        continue
+      }
+      if (result !== undefined)
+        this.deps.logger.error({ err: writeFailure(result, `queue ${this.name}`), queue: this.name }, 'queue snapshot not persisted')
+      return
+    }
+    this.deps.logger.error({ queue: this.name }, 'queue snapshot not persisted: the row changed under us')
+  }
+
+  /** Resolves once every snapshot seen so far is persisted. */
+  async flush(): Promise<void> {
+    while (this.persisting !== undefined) await this.persisting
+  }
+
+  ingest(): Promise<IngestResult> {
+    if (this.deps.isStopping()) return Promise.reject(new StoppedError('the runtime is stopped; it accepts no ingest'))
+    const result = this.ingestChain.then(() => this.ingestOnce())
+    this.ingestChain = result.catch(() => undefined)
+    return result
+  }
+
+  private async ingestOnce(): Promise<IngestResult> {
+    if (this.deps.isStopping()) throw new StoppedError('the runtime is stopped; it accepts no ingest')
+    const uri = await this.deps.sourceControl.latest()
+    const existing = await this.deps.storage.requestUris.getIdByUri(this.name, uri).catch((error: unknown) => {
+      if (error instanceof NotFoundError) return undefined
+      throw error
+    })
+    if (existing !== undefined) {
+      await this.heal(existing, uri)
+      this.deps.onIngest(true)
+      return { id: existing, uri, deduplicated: true }
+    }
+    const [counter] = await this.deps.writer.write([{ op: 'counter.next', queue: this.name }])
+    if (counter?.status !== 'ok' || counter.value === undefined)
+      throw writeFailure(counter ?? { status: 'not_found' }, `request number of ${this.name}`)
+    const n = counter.value
+    const id = `request/${this.name}/${n}`
+    const at = Math.max(0, Math.floor(this.deps.clock.now()))
+    const record = this.newRecord(id, n, uri, at)
+    // The (queue, uri) claim first, then the row: a lost race reuses the winner's request.
+    const [claim, row] = await this.deps.writer.write([
+      { op: 'requestUri.create', mapping: { queue: this.name, uri, requestId: id } },
+      { op: 'request.create', record },
+    ])
+    if (claim?.status === 'already_exists') {
+      const winner = await this.deps.storage.requestUris.getIdByUri(this.name, uri)
+      await this.heal(winner, uri)
+      this.deps.onIngest(true)
+      return { id: winner, uri, deduplicated: true }
+    }
+    if (claim?.status !== 'ok') throw writeFailure(claim ?? { status: 'not_found' }, `claim of ${uri}`)
+    if (row?.status !== 'ok') throw writeFailure(row ?? { status: 'not_found' }, `request ${id}`)
+    this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })
+    this.deps.onIngest(false)
+    return { id, uri, deduplicated: false }
+  }
+
+  private newRecord(id: string, n: number, uri: string, at: number): RequestRecord {
+    const context = newRequestContext({ id, queue: this.name, uri, n, version: 0, createdAt: at, maxAttempts: this.config().maxAttempts })
+    return requestRecord(context, 'accepted', 'accepted', 0, at)
+  }
+
+  /** A mapping whose row is missing (a crash between the two writes) gets its row. */
+  private async heal(id: string, uri: string): Promise<void> {
+    const row = await this.deps.storage.requests.get(id).catch((error: unknown) => {
+      if (error instanceof NotFoundError) return undefined
+      throw error
+    })
+    if (row !== undefined) return
+    const n = parseRequestId(id, this.name)
+    const at = Math.max(0, Math.floor(this.deps.clock.now()))
+    const [result] = await this.deps.writer.write([{ op: 'request.create', record: this.newRecord(id, n, uri, at) }])
+    if (result?.status !== 'ok' && result?.status !== 'already_exists')
+      throw writeFailure(result ?? { status: 'not_found' }, `healing ${id}`)
+    this.deps.logger.warn({ requestId: id, uri }, 'healed a request whose row was missing')
+    if (result.status === 'ok') this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })
+  }
+
+  async waitFor(id: string, state: RequestState = 'recorded'): Promise<RequestView> {
+    parseRequestId(id, this.name)
+    if (!['accepted', 'processing', 'recorded', 'superseded', 'cancelled'].includes(state)) {
+      throw new InvalidInputError(`cannot wait for state ${state as string}`)
+    }
+    const waiting = new Promise<RequestView>((resolve, reject) => {
+      const list = this.waiters.get(id) ?? []
+      list.push({ state, resolve, reject })
+      this.waiters.set(id, list)
+    })
+    try {
+      const row = await this.deps.storage.requests.get(id)
+      if (reached(row.state, state)) {
+        this.dropWaiters(id, state)
+        return describeRequest(row)
+      }
+    } catch (error) {
+      this.dropWaiters(id, state)
+      throw error
+    }
+    return waiting
+  }
+
+  private dropWaiters(id: string, state: RequestState): void {
+    const list = (this.waiters.get(id) ?? []).filter((w) => w.state !== state)
+    if (list.length === 0) this.waiters.delete(id)
+    else this.waiters.set(id, list)
+  }
+
+  /** A request of this queue changed state: resolve who waits for it. */
+  notify(id: string, state: RequestState): void {
+    const list = this.waiters.get(id)
+    if (list === undefined) return
+    const ready = list.filter((w) => reached(state, w.state))
+    if (ready.length === 0) return
+    const rest = list.filter((w) => !reached(state, w.state))
+    if (rest.length === 0) this.waiters.delete(id)
+    else this.waiters.set(id, rest)
+    this.deps.storage.requests.get(id).then(
+      (row) => {
+        for (const w of ready) w.resolve(describeRequest(row))
+      },
+      (error: unknown) => {
+        for (const w of ready) w.reject(error instanceof Error ? error : new StorageFailedError(String(error)))
+      },
+    )
+  }
+
+  /** Rejects every waiter (the runtime stops). */
+  rejectWaiters(error: Error): void {
+    for (const list of this.waiters.values()) for (const w of list) w.reject(error)
+    this.waiters.clear()
+  }
+
+  async cancel(id: string): Promise<CancelResult> {
+    parseRequestId(id, this.name)
+    if (this.deps.isStopping()) throw new StoppedError('the runtime is stopped')
+    const row = await this.deps.storage.requests.get(id)
+    const inFlight = this.actor.getSnapshot().context.requests[id]
+    const step = (row.data as { step?: string } | undefined)?.step
+    if (inFlight === undefined || FINAL_REQUEST_STATES.includes(row.state) || step === 'processing.recording') {
+      return { id, cancelled: false, state: row.state }
+    }
+    const done = this.waitFor(id, 'cancelled')
+    this.actor.send({ type: 'cancel', id, at: Math.max(0, Math.floor(this.deps.clock.now())) })
+    const view = await done
+    return { id, cancelled: view.state === 'cancelled', state: view.state }
+  }
+}

@@ -1,0 +1,221 @@
+/**
+ * The side effects of the request machine, as the runtime provides them: persisting a
+ * step (CAS through the writer), planning (source control), building, recording (fact and
+ * verdict). Each is a promise actor; XState aborts its signal when the request leaves the
+ * state (cancel, deadline), which stops a running build.
+ *
+ * @internal
+ * @module
+ */
+import type { Logger } from 'pino'
+import { fromPromise } from 'xstate'
+import type { Clock } from '../actors/clock.js'
+import type { WriterResult, Writer } from '../actors/writer.js'
+import type { BuildRunner } from '../build/types.js'
+import {
+  stateOfStep,
+  type BuildOutput,
+  type PersistInput,
+  type PersistOutput,
+  type PlanOutput,
+  type RecordOutput,
+  type RequestContext,
+  type RequestStep,
+  type StepInput,
+  type Verdict,
+} from '../machines/request.js'
+import type { SourceControl } from '../sourcecontrol/types.js'
+import {
+  NotFoundError,
+  StorageFailedError,
+  StorageUnavailableError,
+  UnavailableError,
+  VersionMismatchError,
+  type StovepipeError,
+} from '../storage/errors.js'
+import {
+  FINAL_REQUEST_STATES,
+  type Fact,
+  type Json,
+  type RequestRecord,
+  type RequestState,
+  type Storage,
+  type WriteOp,
+} from '../storage/types.js'
+
+/** What the services need from the runtime. */
+export interface RequestServiceDeps {
+  storage: Storage
+  writer: Writer
+  builder: BuildRunner
+  clock: Clock
+  logger: Logger
+  /** The source control of a queue. */
+  sourceControlFor(queue: string): SourceControl
+  /** Counts a planning fallback (last green unknown to source control). */
+  onFallback(queue: string, reason: string): void
+}
+
+/** The error a dead-lettered write stands for: retryable when storage was unavailable. */
+export function writeFailure(result: WriterResult, what: string): StovepipeError {
+  if (result.status !== 'dead_lettered') return new StorageFailedError(`${what}: unexpected ${result.status}`)
+  const message = `${what} was not written: ${result.error.message}`
+  return result.error.code === 'STORAGE_UNAVAILABLE' ? new StorageUnavailableError(message) : new StorageFailedError(message)
+}
+
+/** The request row for a context at a step. */
+export function requestRecord(context: RequestContext, step: RequestStep, state: RequestState, version: number, at: number): RequestRecord {
+  return {
+    id: context.id,
+    queue: context.queue,
+    uri: context.uri,
+    state,
+    version,
+    createdAt: context.createdAt,
+    updatedAt: at,
+    data: { step, context: { ...context, step, version } } as unknown as Json,
+  }
+}
+
+/**
+ * Writes the request at `step` with CAS from `context.version`. Only the request's own
+ * actor writes its row, so a mismatch can only come from its own earlier write that the
+ * machine did not wait for (it left the state meanwhile): then the row is re-read and the
+ * write redone on top, unless the row is already final.
+ */
+export async function persistStep(
+  deps: RequestServiceDeps,
+  context: RequestContext,
+  step: RequestStep,
+  state: RequestState,
+  extra: Partial<RequestContext> = {},
+): Promise<number> {
+  let oldVersion = context.version
+  for (let tries = 0; ; tries++) {
+    const next = { ...context, ...extra }
+    const record = requestRecord(next, step, state, oldVersion + 1, Math.max(0, Math.floor(deps.clock.now())))
+    const [result] = await deps.writer.write([{ op: 'request.update', record, oldVersion, newVersion: oldVersion + 1 }])
+    if (result === undefined) throw new StorageFailedError(`no result persisting ${context.id}`)
+    if (result.status === 'ok') return oldVersion + 1
+    if (result.status === 'dead_lettered') throw writeFailure(result, `request ${context.id} at ${step}`)
+    const stored = await deps.storage.requests.get(context.id).catch(() => undefined)
+    if (tries > 0 || stored === undefined || stored.version <= oldVersion || FINAL_REQUEST_STATES.includes(stored.state)) {
+      throw new VersionMismatchError(
+        `request ${context.id} could not move to ${step}: stored ${stored === undefined ? 'row is missing' : `at ${stored.state} v${stored.version}`}, expected v${oldVersion}`,
+      )
+    }
+    oldVersion = stored.version
+  }
+}
+
+/** The promise actors the request machine needs. */
+export function requestServices(deps: RequestServiceDeps) {
+  const persist = fromPromise<PersistOutput, PersistInput>(async ({ input }) => {
+    const version = await persistStep(deps, input.context, input.step, input.state)
+    return { version, step: input.step }
+  })
+
+  /** Persists the step the actor works in (CAS), returning the request with its new version. */
+  const enter = async ({ context, step }: StepInput): Promise<RequestContext> => {
+    if (step === 'concluding') return context
+    const version = await persistStep(deps, context, step, stateOfStep(step))
+    return { ...context, version, step }
+  }
+
+  const plan = fromPromise<PlanOutput, StepInput>(async ({ input }) => {
+    const context = await enter(input)
+    const { version, lastGreen } = context
+    if (lastGreen === null) return { strategy: 'full', baseline: null, fallback: 'no last green yet', version }
+    try {
+      if (await deps.sourceControlFor(context.queue).isAncestor(lastGreen.uri, context.uri)) {
+        return { strategy: 'incremental', baseline: lastGreen.uri, fallback: null, version }
+      }
+      return { strategy: 'full', baseline: null, fallback: `history rewritten: last green ${lastGreen.uri} is not an ancestor`, version }
+    } catch (error) {
+      if (!(error instanceof NotFoundError)) throw error
+      const reason = `last green ${lastGreen.uri} is unknown to source control`
+      deps.onFallback(context.queue, reason)
+      deps.logger.warn({ requestId: context.id, lastGreen: lastGreen.uri }, 'planning falls back to a full build')
+      return { strategy: 'full', baseline: null, fallback: reason, version }
+    }
+  })
+
+  const build = fromPromise<BuildOutput, StepInput>(async ({ input, signal }) => {
+    const context = await enter(input)
+    const result = await deps.builder.run({
+      queue: context.queue,
+      requestId: context.id,
+      uri: context.uri,
+      strategy: context.strategy ?? 'full',
+      ...(context.baseline === null ? {} : { baseline: context.baseline }),
+      ...(context.projects === null ? {} : { projects: context.projects }),
+      signal,
+      clock: deps.clock,
+    })
+    if (result.outcome === 'error') {
+      const tail = result.log === undefined ? '' : `: ${result.log.slice(-500)}`
+      throw new UnavailableError(`build infrastructure failed for ${context.uri}${tail}`)
+    }
+    return { ...result, version: context.version }
+  })
+
+  const record = fromPromise<RecordOutput, StepInput>(async ({ input }) => {
+    const context = await enter(input)
+    const at = Math.max(0, Math.floor(deps.clock.now()))
+    let verdict: Verdict = context.verdict ?? 'indeterminate'
+    let degree = context.degree
+    let reason = context.reason
+    if (verdict === 'indeterminate' || degree === null) {
+      const version = await persistStep(deps, context, 'recorded', 'recorded', {
+        verdict: 'indeterminate',
+        degree: null,
+        reason,
+        factWritten: false,
+        endedAt: at,
+      })
+      return { verdict: 'indeterminate', degree: null, factWritten: false, reason, version, at }
+    }
+    // The facts and the verdict in one write; the verdict is corrected in the rare case a
+    // fact for this commit already existed (first writer wins).
+    const facts: Fact[] = [{ queue: context.queue, uri: context.uri, project: '', degree, requestId: context.id, at }]
+    for (const [project, outcome] of Object.entries(context.build?.projects ?? {})) {
+      facts.push({ queue: context.queue, uri: context.uri, project, degree: outcome === 'passed' ? 0 : 1, requestId: context.id, at })
+    }
+    const next = { ...context, verdict, degree, reason, factWritten: true, endedAt: at }
+    const oldVersion = context.version
+    const ops: WriteOp[] = [
+      ...facts.map((fact): WriteOp => ({ op: 'fact.put', fact })),
+      {
+        op: 'request.update',
+        record: requestRecord(next, 'recorded', 'recorded', oldVersion + 1, at),
+        oldVersion,
+        newVersion: oldVersion + 1,
+      },
+    ]
+    const results = await deps.writer.write(ops)
+    const whole = results[0]
+    const row = results[results.length - 1]
+    if (whole === undefined || row === undefined) throw new StorageFailedError(`no result recording ${context.id}`)
+    if (whole.status === 'dead_lettered') throw writeFailure(whole, `fact of ${context.id}`)
+    let version = oldVersion + 1
+    if (row.status === 'dead_lettered') throw writeFailure(row, `request ${context.id}`)
+    let factWritten = whole.status === 'ok'
+    const existing = whole.status === 'already_exists' ? whole.fact : undefined
+    if (existing !== undefined) {
+      degree = existing.degree
+      verdict = degree === 0 ? 'green' : 'red'
+      if (existing.requestId === context.id)
+        factWritten = true // written by this request before a restart
+      else reason = `fact already recorded by ${existing.requestId}`
+    }
+    const extra = { verdict, degree, reason, factWritten, endedAt: at }
+    if (row.status !== 'ok') {
+      version = await persistStep(deps, context, 'recorded', 'recorded', extra)
+    } else if (existing !== undefined && (existing.requestId !== context.id || existing.degree !== context.degree)) {
+      version = await persistStep(deps, { ...next, version }, 'recorded', 'recorded', extra)
+    }
+    return { verdict, degree, factWritten, reason, version, at }
+  })
+
+  return { persist, plan, build, record }
+}

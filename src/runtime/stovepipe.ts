@@ -1,0 +1,510 @@
+/**
+ * `createStovepipe`: the runtime. One XState actor system: a root actor, one queue actor
+ * per queue (spawned programmatically), one request actor per request in flight (children
+ * of their queue), the event log and the writer. Every durable change goes through the
+ * writer; every request transition goes to the event log.
+ *
+ * Started on storage left by a stopped or crashed runtime, it resumes every request that
+ * had not ended, at the step it had persisted, with its deadline re-armed from the stored
+ * absolute time.
+ *
+ * @module
+ */
+import type { Logger } from 'pino'
+import { Counter, Registry } from 'prom-client'
+import {
+  createActor,
+  enqueueActions,
+  fromCallback,
+  setup,
+  type ActorSystem,
+  type AnyActorRef,
+  type InspectionEvent,
+  type Observer,
+} from 'xstate'
+import { backoffDelay, systemClock, type Clock } from '../actors/clock.js'
+import { createEventLog, eventLogActor, type EventLog, type EventLogOptions, type EventLogStopReport } from '../actors/event-log.js'
+import { silentLogger } from '../actors/observability.js'
+import { createWriter, type DrainReport, type Writer, type WriterOptions } from '../actors/writer.js'
+import type { BuildRunner } from '../build/types.js'
+import { queueMachine, type QueueActor, type QueueConfig, type QueueContext, type QueueLastGreen } from '../machines/queue.js'
+import { newRequestContext, requestMachine, type RequestContext, type RequestStep } from '../machines/request.js'
+import { isSourceControlProvider, type SourceControl, type SourceControlProvider } from '../sourcecontrol/types.js'
+import { InvalidInputError, NotFoundError, StoppedError } from '../storage/errors.js'
+import { FINAL_REQUEST_STATES, type QueueRecord, type RequestRecord, type RequestState, type Storage } from '../storage/types.js'
+import { assertQueueName, parseRequestId } from '../storage/validation.js'
+import { normalizeQueueConfig, type QueueConfigInput } from './config.js'
+import { QueueHost, type QueueHandle } from './queue-host.js'
+import { requestRecord, requestServices } from './request-services.js'
+import { describeRequest, type RequestView } from './views.js'
+
+/** Options of {@link createStovepipe}. */
+export interface StovepipeOptions {
+  storage: Storage
+  /** Source control: one bound to a single ref, or a provider giving each queue its own. */
+  sourceControl: SourceControl | SourceControlProvider
+  builder: BuildRunner
+  /** Time for everything (XState's SimulatedClock fits). Default: the real clock. */
+  clock?: Clock
+  logger?: Logger
+  /** Receives the actor system's inspection events (e.g. `createBrowserInspector().inspect`). */
+  inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void)
+  /** This process's id in the event log (default `local`). */
+  nodeId?: string
+  /** prom-client registry for every metric (default: a new one, see {@link Stovepipe.registry}). */
+  registry?: Registry
+  /** Writer tuning (capacity, maxBatch, lingerMs, retry). */
+  writer?: Omit<WriterOptions, 'storage' | 'clock' | 'logger' | 'registry'>
+  /** Event-log tuning (capacity, policy, batchSize). */
+  eventLog?: Omit<EventLogOptions, 'storage' | 'writer' | 'clock' | 'logger' | 'registry' | 'nodeId'>
+  /** Backoff between attempts of a failed step (defaults 1000 ms, doubling, capped at 30 000 ms). */
+  retry?: { baseDelayMs?: number; maxDelayMs?: number }
+  /** Randomness for jitter (default Math.random). */
+  random?: () => number
+}
+
+/** What {@link Stovepipe.stop} did. */
+export interface StopReport {
+  writer: DrainReport
+  eventLog: EventLogStopReport
+}
+
+/** The runtime. */
+export interface Stovepipe {
+  /** Opens a queue; creates it when `config` is given and it does not exist (a changed config is applied). */
+  queue(name: string, config?: QueueConfigInput): Promise<QueueHandle>
+  /** The queues open in this runtime. */
+  queues(): QueueHandle[]
+  /** A request, from storage. */
+  request(id: string): Promise<RequestView>
+  readonly events: EventLog
+  readonly writer: Writer
+  /** The actor system (queues, requests, event log, writer). */
+  readonly system: ActorSystem<any> // eslint-disable-line @typescript-eslint/no-explicit-any -- XState's own type parameter
+  /** The root actor of the system. */
+  readonly root: AnyActorRef
+  readonly registry: Registry
+  /** Refuses new work, stops the actors (aborting builds), flushes the event log and drains the writer. */
+  stop(options?: { deadlineMs?: number }): Promise<StopReport>
+}
+
+type RootEvent = { type: 'queue.open'; name: string; context: QueueContext }
+
+/** A stable, user-facing label of a request snapshot value, or undefined for transient states. */
+export function stepLabel(value: unknown): string | undefined {
+  if (typeof value === 'string') return value === 'boot' ? undefined : value
+  if (typeof value !== 'object' || value === null) return undefined
+  const [top, inner] = Object.entries(value)[0] ?? []
+  if (top === undefined) return undefined
+  if (top === 'processing' && typeof inner === 'object' && inner !== null) {
+    const [stepName] = Object.keys(inner as object)
+    return stepName === undefined ? top : `processing.${stepName}`
+  }
+  return top
+}
+
+const topState = (label: string): RequestState =>
+  label.startsWith('processing') || label === 'concluding' || label === 'cancelling'
+    ? 'processing'
+    : label === 'superseding'
+      ? 'accepted'
+      : (label as RequestState)
+
+function shortEvent(type: string): string {
+  if (type.startsWith('xstate.done.actor')) return 'DONE'
+  if (type.startsWith('xstate.error.actor')) return 'FAILED'
+  if (type.startsWith('xstate.after')) return 'TIMEOUT'
+  if (type === 'xstate.init') return 'INIT'
+  return type
+}
+
+async function allRows(storage: Storage, queue: string, states: RequestState[]): Promise<RequestRecord[]> {
+  const rows: RequestRecord[] = []
+  let cursor: string | undefined
+  do {
+    const page = await storage.requests.listByQueue(queue, { states, limit: 1000, ...(cursor === undefined ? {} : { cursor }) })
+    rows.push(...page.items)
+    cursor = page.nextCursor
+  } while (cursor !== undefined)
+  return rows
+}
+
+/** The newest green request of a queue in storage, for recovery. */
+async function newestGreen(storage: Storage, queue: string, above: number): Promise<QueueLastGreen | null> {
+  let cursor: string | undefined
+  do {
+    const page = await storage.requests.listByQueue(queue, {
+      states: ['recorded'],
+      order: 'desc',
+      limit: 200,
+      ...(cursor === undefined ? {} : { cursor }),
+    })
+    for (const row of page.items) {
+      const view = describeRequest(row)
+      if (view.n <= above) return null
+      if (view.verdict === 'green') return { uri: row.uri, requestId: row.id, n: view.n, at: view.endedAt ?? row.updatedAt }
+    }
+    cursor = page.nextCursor
+  } while (cursor !== undefined)
+  return null
+}
+
+const zeroStats = (): QueueContext['stats'] => ({
+  accepted: 0,
+  superseded: 0,
+  cancelled: 0,
+  green: 0,
+  red: 0,
+  indeterminate: 0,
+  leaseExpiries: 0,
+})
+
+/** Starts a runtime on a storage, resuming whatever a previous runtime left in flight. */
+export async function createStovepipe(options: StovepipeOptions): Promise<Stovepipe> {
+  const { storage, builder } = options
+  if (typeof storage !== 'object' || typeof storage.commit !== 'function') throw new InvalidInputError('createStovepipe needs a storage')
+  if (typeof builder !== 'object' || typeof builder.run !== 'function')
+    throw new InvalidInputError('createStovepipe needs a builder with run()')
+  if (typeof options.sourceControl !== 'object') throw new InvalidInputError('createStovepipe needs a sourceControl')
+  const clock = options.clock ?? systemClock
+  const logger = (options.logger ?? silentLogger()).child({ component: 'stovepipe' })
+  const random = options.random ?? Math.random
+  const registry = options.registry ?? new Registry()
+  const retryBase = options.retry?.baseDelayMs ?? 1000
+  const retryMax = options.retry?.maxDelayMs ?? 30_000
+  const now = (): number => Math.max(0, Math.floor(clock.now()))
+  const nodeId = options.nodeId ?? 'local'
+
+  const writer = createWriter({
+    ...options.writer,
+    storage,
+    clock,
+    logger,
+    registry,
+    name: options.writer?.name ?? `writer-${nodeId.replace(/[^A-Za-z0-9._-]/g, '-')}`,
+  })
+  const events = await createEventLog({ ...options.eventLog, storage, writer, clock, logger, registry, nodeId })
+
+  const metrics = {
+    ingests: new Counter({ name: 'stovepipe_ingests_total', help: 'Heads ingested', labelNames: ['deduplicated'], registers: [registry] }),
+    fallbacks: new Counter({
+      name: 'stovepipe_planning_fallbacks_total',
+      help: 'Full builds because the last green was unknown to source control',
+      labelNames: ['queue'],
+      registers: [registry],
+    }),
+    verdicts: new Counter({
+      name: 'stovepipe_verdicts_total',
+      help: 'Requests recorded, by verdict',
+      labelNames: ['queue', 'verdict'],
+      registers: [registry],
+    }),
+    childFailures: new Counter({
+      name: 'stovepipe_request_failures_total',
+      help: 'Request actors that failed and were salvaged',
+      labelNames: ['queue'],
+      registers: [registry],
+    }),
+  }
+
+  const sourceControls = new Map<string, SourceControl>()
+  const sourceControlFor = (queue: string): SourceControl => {
+    const found = sourceControls.get(queue)
+    if (found === undefined) throw new NotFoundError(`no source control for queue ${queue}`)
+    return found
+  }
+  const bindSourceControl = (name: string, config: QueueConfig): void => {
+    const sc = options.sourceControl
+    sourceControls.set(
+      name,
+      isSourceControlProvider(sc)
+        ? sc.forQueue({ queue: name, ref: config.ref, ...(config.repo === undefined ? {} : { repo: config.repo }) })
+        : sc,
+    )
+  }
+
+  const hosts = new Map<string, QueueHost>()
+  let stopping = false
+
+  const services = requestServices({
+    storage,
+    writer,
+    builder,
+    clock,
+    logger,
+    sourceControlFor,
+    onFallback: (queue) => {
+      metrics.fallbacks.inc({ queue })
+    },
+  })
+  const request = requestMachine.provide({
+    actors: services,
+    actions: {
+      entered: ({ context, event }, params: { step: string }) => {
+        try {
+          onTransition(context, params.step, event.type)
+        } catch (error) {
+          logger.error({ err: error }, 'transition hook failed')
+        }
+      },
+    },
+    delays: {
+      retry: ({ context }) => backoffDelay(context.attempt, retryBase, retryMax, random),
+      deadline: ({ context }) =>
+        context.deadlineAt === null ? 2 ** 31 - 1 : Math.min(2 ** 31 - 1, Math.max(0, context.deadlineAt - clock.now())),
+    },
+  })
+
+  /** A request actor failed for good (its final write was refused): log it and record it indeterminate. */
+  const salvage = async (queue: string, id: string, error: unknown): Promise<void> => {
+    metrics.childFailures.inc({ queue })
+    logger.error({ err: error, requestId: id }, 'request actor failed; recording it indeterminate')
+    const host = hosts.get(queue)
+    try {
+      const row = await storage.requests.get(id)
+      const n = parseRequestId(id, queue)
+      if (!FINAL_REQUEST_STATES.includes(row.state)) {
+        const stored = (row.data as { context?: RequestContext } | undefined)?.context
+        const base =
+          stored ?? newRequestContext({ id, queue, uri: row.uri, n, version: row.version, createdAt: row.createdAt, maxAttempts: 1 })
+        const context: RequestContext = {
+          ...base,
+          verdict: 'indeterminate',
+          degree: null,
+          reason: `request actor failed: ${String(error)}`,
+          endedAt: now(),
+        }
+        const record = requestRecord(context, 'recorded', 'recorded', row.version + 1, now())
+        const [result] = await writer.write([{ op: 'request.update', record, oldVersion: row.version, newVersion: row.version + 1 }])
+        if (result?.status !== 'ok') throw new Error(`salvage write: ${result?.status ?? 'no result'}`)
+      }
+      host?.actor.send({ type: 'request.salvaged', id, n, uri: row.uri, at: now() })
+    } catch (salvageError) {
+      logger.error({ err: salvageError, requestId: id }, 'could not salvage a failed request; it resumes at the next start')
+    }
+    host?.notify(id, 'recorded')
+  }
+
+  const queue = queueMachine.provide({
+    actors: { request },
+    delays: {
+      nextLeaseExpiry: ({ context }) => {
+        const expiries = Object.values(context.leases)
+        return expiries.length === 0 ? 2 ** 31 - 1 : Math.min(2 ** 31 - 1, Math.max(0, Math.min(...expiries) - clock.now()))
+      },
+    },
+    actions: {
+      childFailed: ({ context, event }) => {
+        const id = event.type.slice('xstate.error.actor.'.length)
+        void salvage(context.name, id, (event as { error?: unknown }).error)
+      },
+    },
+  })
+
+  const root = setup({
+    types: { events: {} as RootEvent },
+    actors: { queue, eventLog: eventLogActor(events), writer: fromCallback(() => undefined) },
+  }).createMachine({
+    id: 'stovepipe',
+    invoke: [
+      { src: 'eventLog', id: 'eventLog', systemId: 'eventLog' },
+      { src: 'writer', id: 'writer', systemId: 'writer' },
+    ],
+    on: {
+      'queue.open': {
+        actions: enqueueActions(({ enqueue, event }) => {
+          enqueue.spawnChild('queue', { id: `queue:${event.name}`, systemId: `queue:${event.name}`, input: { context: event.context } })
+        }),
+      },
+    },
+  })
+
+  // Every request transition goes to the event log, and wakes whoever waits for it.
+  const labels = new Map<string, string>()
+  /** A request entered a step (the machine's `entered` action): log the transition, wake waiters. */
+  const onTransition = (context: RequestContext, step: string, eventType: string): void => {
+    const id = context.id
+    const previous = labels.get(id)
+    if (step === previous) return
+    if (['recorded', 'superseded', 'cancelled'].includes(step)) labels.delete(id)
+    else labels.set(id, step)
+    const detail =
+      step === 'recorded'
+        ? { verdict: context.verdict ?? 'indeterminate', degree: context.degree, strategy: context.strategy, reason: context.reason }
+        : step === 'processing.building'
+          ? { strategy: context.strategy, baseline: context.baseline }
+          : undefined
+    if (!stopping) {
+      try {
+        events.send({
+          at: now(),
+          queue: context.queue,
+          requestId: id,
+          from: previous ?? 'new',
+          to: step,
+          event: shortEvent(eventType),
+          ...(detail === undefined ? {} : { detail }),
+        })
+      } catch (error) {
+        logger.error({ err: error }, 'transition not logged')
+      }
+    }
+    hosts.get(context.queue)?.notify(id, topState(step))
+    if (step === 'recorded') metrics.verdicts.inc({ queue: context.queue, verdict: context.verdict ?? 'indeterminate' })
+  }
+  const userInspect = options.inspect
+  const inspect =
+    userInspect === undefined
+      ? undefined
+      : (event: InspectionEvent): void => {
+          try {
+            if (typeof userInspect === 'function') userInspect(event)
+            else userInspect.next?.(event)
+          } catch (error) {
+            logger.warn({ err: error }, 'the inspect observer threw; ignoring')
+          }
+        }
+
+  const rootActor = createActor(root, inspect === undefined ? { clock } : { clock, inspect })
+  rootActor.start()
+
+  const spawnQueue = (name: string, context: QueueContext, version: number): QueueHost => {
+    bindSourceControl(name, context.config)
+    rootActor.send({ type: 'queue.open', name, context })
+    const actor = rootActor.system.get(`queue:${name}`) as QueueActor | undefined
+    if (actor === undefined) throw new Error(`queue actor ${name} did not start`)
+    const host = new QueueHost(name, actor, version, {
+      storage,
+      writer,
+      clock,
+      logger: logger.child({ queue: name }),
+      sourceControl: sourceControlFor(name),
+      isStopping: () => stopping,
+      onIngest: (deduplicated) => {
+        metrics.ingests.inc({ deduplicated: String(deduplicated) })
+      },
+    })
+    hosts.set(name, host)
+    return host
+  }
+
+  // Recovery: every queue, with its requests that had not ended.
+  for (const record of await storage.queues.list()) {
+    let config: QueueConfig
+    try {
+      config = normalizeQueueConfig(record.config)
+    } catch (error) {
+      logger.error({ err: error, queue: record.name }, 'queue has an invalid stored config; not started')
+      continue
+    }
+    const rows = await allRows(storage, record.name, ['accepted', 'processing'])
+    const contexts = rows.map((row): RequestContext => {
+      const data = (row.data ?? {}) as { step?: RequestStep; context?: RequestContext }
+      const n = parseRequestId(row.id, record.name)
+      const base =
+        data.context ??
+        newRequestContext({
+          id: row.id,
+          queue: record.name,
+          uri: row.uri,
+          n,
+          version: row.version,
+          createdAt: row.createdAt,
+          maxAttempts: config.maxAttempts,
+        })
+      return {
+        ...base,
+        id: row.id,
+        queue: record.name,
+        uri: row.uri,
+        n,
+        version: row.version,
+        step: data.step ?? 'accepted',
+        createdAt: row.createdAt,
+      }
+    })
+    const persisted = (record.snapshot as { context?: Partial<QueueContext> } | undefined)?.context
+    const storedLastGreen: QueueLastGreen | null =
+      record.lastGreen === undefined ? null : { ...record.lastGreen, n: parseRequestId(record.lastGreen.requestId, record.name) }
+    // The snapshot may lag the facts: never start from an older last green than storage shows.
+    const scanned = await newestGreen(storage, record.name, storedLastGreen?.n ?? 0)
+    const leases: Record<string, number> = {}
+    for (const c of contexts) if (c.step !== 'accepted' && c.deadlineAt !== null) leases[c.id] = c.deadlineAt + config.leaseGraceMs
+    const context: QueueContext = {
+      name: record.name,
+      config,
+      lastGreen: scanned ?? storedLastGreen,
+      requests: {},
+      leases,
+      expiredAt: 0,
+      stats: { ...zeroStats(), ...(persisted?.stats ?? {}) },
+    }
+    const host = spawnQueue(record.name, context, record.version)
+    if (contexts.length > 0) {
+      logger.info({ queue: record.name, requests: contexts.length }, 'resuming requests in flight')
+      host.actor.send({ type: 'resume', requests: contexts, at: now() })
+    }
+  }
+
+  const openQueue = async (name: string, input: QueueConfigInput | undefined): Promise<QueueHandle> => {
+    assertQueueName(name)
+    if (stopping) throw new StoppedError('the runtime is stopped')
+    const existing = hosts.get(name)
+    if (existing !== undefined) {
+      if (input !== undefined) {
+        const config = normalizeQueueConfig(input)
+        if (JSON.stringify(config) !== JSON.stringify(existing.config())) {
+          bindSourceControl(name, config)
+          existing.actor.send({ type: 'config', config, at: now() })
+        }
+      }
+      return existing
+    }
+    if (input === undefined) throw new NotFoundError(`queue ${name} does not exist; pass its config to create it`)
+    const config = normalizeQueueConfig(input)
+    const context: QueueContext = { name, config, lastGreen: null, requests: {}, leases: {}, expiredAt: 0, stats: zeroStats() }
+    const at = now()
+    const [result] = await writer.write([
+      {
+        op: 'queue.create',
+        record: { name, version: 0, config: config as unknown as QueueRecord['config'], createdAt: at, updatedAt: at },
+      },
+    ])
+    if (result?.status === 'already_exists') {
+      throw new InvalidInputError(`queue ${name} was created by another process; restart this runtime to load it`)
+    }
+    if (result?.status !== 'ok') throw new StoppedError(`queue ${name} could not be created (${result?.status ?? 'no result'})`)
+    return hosts.get(name) ?? spawnQueue(name, context, 0)
+  }
+
+  let stopReport: Promise<StopReport> | undefined
+  const stop = async (deadlineMs: number): Promise<StopReport> => {
+    stopping = true
+    rootActor.stop()
+    for (const host of hosts.values()) {
+      host.rejectWaiters(new StoppedError('the runtime stopped'))
+      await host.flush()
+    }
+    const eventLog = await events.stop({ deadlineMs })
+    const drained = await writer.stop({ deadlineMs })
+    return { writer: drained, eventLog }
+  }
+
+  return {
+    queue: openQueue,
+    queues: () => [...hosts.values()],
+    request: async (id) => {
+      parseRequestId(id)
+      return describeRequest(await storage.requests.get(id))
+    },
+    events,
+    writer,
+    system: rootActor.system,
+    root: rootActor,
+    registry,
+    stop: (stopOptions = {}) => {
+      stopReport ??= stop(stopOptions.deadlineMs ?? 10_000)
+      return stopReport
+    },
+  }
+}

@@ -1,0 +1,176 @@
+/**
+ * The machines on their own: pure XState machines driven with stub actors and XState's
+ * SimulatedClock, no runtime, no storage.
+ */
+import { describe, expect, it } from 'vitest'
+import { SimulatedClock, createActor, fromPromise, setup, type AnyActorLogic } from 'xstate'
+import { queueMachine, type QueueContext } from '../../src/machines/queue.js'
+import { newRequestContext, requestMachine, type PersistInput, type RequestContext, type StepInput } from '../../src/machines/request.js'
+import { settle } from '../support/drive.js'
+
+/** The request machine with stub actors that note the step each one was asked to persist. */
+function stubbedRequest(overrides: Record<string, AnyActorLogic> = {}) {
+  const persisted: string[] = []
+  const note = ({ context, step }: StepInput): number => {
+    persisted.push(step)
+    return context.version + 1
+  }
+  const machine = requestMachine.provide({
+    actors: {
+      persist: fromPromise<{ version: number; step: PersistInput['step'] }, PersistInput>(({ input }) => {
+        persisted.push(input.step)
+        return Promise.resolve({ version: input.context.version + 1, step: input.step })
+      }),
+      plan: fromPromise(({ input }: { input: StepInput }) =>
+        Promise.resolve({ strategy: 'full' as const, baseline: null, fallback: null, version: note(input) }),
+      ),
+      build: fromPromise(({ input }: { input: StepInput }) => Promise.resolve({ outcome: 'passed' as const, version: note(input) })),
+      record: fromPromise(({ input }: { input: StepInput }) => {
+        const { context } = input
+        return Promise.resolve({
+          verdict: context.verdict ?? 'indeterminate',
+          degree: context.degree,
+          factWritten: true,
+          reason: context.reason,
+          version: note(input),
+          at: 1,
+        })
+      }),
+      ...overrides,
+    } as never,
+  })
+  return { machine, persisted }
+}
+
+/** Runs a request machine under a parent (it reports to its parent when it ends). */
+function underParent(machine: AnyActorLogic, childInput: unknown, clock: SimulatedClock) {
+  const reports: unknown[] = []
+  const parent = setup({ actors: { child: machine } }).createMachine({
+    invoke: { src: 'child', id: 'request', input: childInput as never },
+    on: { '*': { actions: ({ event }) => reports.push(event) } },
+  })
+  const actor = createActor(parent, { clock }).start()
+  const child = actor.getSnapshot().children.request as unknown as {
+    getSnapshot(): { value: unknown; status: string; context: RequestContext }
+    send(event: unknown): void
+  }
+  return { child, reports }
+}
+
+const input = {
+  kind: 'new' as const,
+  id: 'request/main/1',
+  queue: 'main',
+  uri: 'fake://a1',
+  n: 1,
+  version: 0,
+  createdAt: 0,
+  maxAttempts: 3,
+}
+const start = { type: 'START' as const, at: 0, deadlineAt: 60_000, lastGreen: null, projects: null }
+
+describe('request machine', () => {
+  it('persists each step before working in it and ends recorded green', async () => {
+    const { machine, persisted } = stubbedRequest()
+    const clock = new SimulatedClock()
+    const { child: actor, reports } = underParent(machine, input, clock)
+    expect(actor.getSnapshot().value).toBe('accepted')
+    actor.send(start)
+    await settle()
+    expect(actor.getSnapshot().status).toBe('done')
+    expect(reports).toContainEqual({ type: 'request.recorded', id: 'request/main/1', n: 1, uri: 'fake://a1', verdict: 'green', at: 1 })
+    expect(actor.getSnapshot().value).toBe('recorded')
+    expect(persisted).toEqual(['processing.planning', 'processing.building', 'processing.recording'])
+    expect(actor.getSnapshot().context).toMatchObject({ verdict: 'green', degree: 0, strategy: 'full', version: 3 })
+  })
+
+  it('retries a transient failure after the backoff delay on the clock, then gives up indeterminate', async () => {
+    let builds = 0
+    const failing = fromPromise(() => {
+      builds++
+      return Promise.reject(Object.assign(new Error('runner offline'), { retryable: true }))
+    })
+    const { machine } = stubbedRequest({ build: failing })
+    const clock = new SimulatedClock()
+    const { child: actor } = underParent(machine, input, clock)
+    actor.send(start)
+    await settle()
+    expect(builds).toBe(1)
+    clock.increment(999)
+    await settle()
+    expect(builds).toBe(1)
+    clock.increment(1) // first retry after 1000 ms
+    await settle()
+    expect(builds).toBe(2)
+    clock.increment(2000) // second retry after 2000 ms
+    await settle()
+    expect(builds).toBe(3)
+    expect(actor.getSnapshot().value).toBe('recorded')
+    expect(actor.getSnapshot().context).toMatchObject({
+      verdict: 'indeterminate',
+      reason: expect.stringContaining('gave up after 3 attempt(s)') as string,
+    })
+  })
+
+  it('resumes at the persisted step: a context at processing.building does not plan again', async () => {
+    let plans = 0
+    const { machine } = stubbedRequest({
+      plan: fromPromise(() => ((plans += 1), Promise.resolve({ strategy: 'full', baseline: null, fallback: null }))),
+    })
+    const context: RequestContext = {
+      ...newRequestContext(input),
+      step: 'processing.building',
+      version: 2,
+      strategy: 'full',
+      startedAt: 0,
+      deadlineAt: 60_000,
+    }
+    const { child: actor } = underParent(machine, { kind: 'resume', context }, new SimulatedClock())
+    await settle()
+    expect(plans).toBe(0)
+    expect(actor.getSnapshot().value).toBe('recorded')
+  })
+})
+
+describe('queue machine', () => {
+  it('expires a slot lease at its deadline, cancels its request and starts the next one', () => {
+    const events: { id: string; type: string }[] = []
+    // A request that never finishes and remembers what it was told.
+    interface StuckInput {
+      id?: string
+      context?: { id: string }
+    }
+    const types: { input: StuckInput; context: { id: string } } = { input: {}, context: { id: '' } }
+    const stuck = setup({ types }).createMachine({
+      context: ({ input }) => ({ id: input.id ?? input.context?.id ?? '?' }),
+      on: { '*': { actions: ({ context, event }) => events.push({ id: context.id, type: event.type }) } },
+    })
+    const clock = new SimulatedClock()
+    const queue = queueMachine.provide({
+      actors: { request: stuck as never },
+      delays: { nextLeaseExpiry: ({ context }) => Math.max(0, Math.min(2 ** 31 - 1, ...Object.values(context.leases)) - clock.now()) },
+    })
+    const context: QueueContext = {
+      name: 'main',
+      config: { ref: 'main', maxConcurrent: 1, maxValidationMs: 1_000, leaseGraceMs: 500, maxAttempts: 3 },
+      lastGreen: null,
+      requests: {},
+      leases: {},
+      expiredAt: 0,
+      stats: { accepted: 0, superseded: 0, cancelled: 0, green: 0, red: 0, indeterminate: 0, leaseExpiries: 0 },
+    }
+    const actor = createActor(queue, { input: { context }, clock }).start()
+    actor.send({ type: 'request.accepted', id: 'request/main/1', n: 1, uri: 'fake://a1', version: 0, createdAt: 0, at: 0 })
+    actor.send({ type: 'request.accepted', id: 'request/main/2', n: 2, uri: 'fake://a2', version: 0, createdAt: 0, at: 0 })
+    expect(actor.getSnapshot().context.leases).toEqual({ 'request/main/1': 1_500 })
+    clock.increment(1_499)
+    expect(actor.getSnapshot().context.stats.leaseExpiries).toBe(0)
+    clock.increment(1)
+    const after = actor.getSnapshot().context
+    expect(after.stats.leaseExpiries).toBe(1)
+    expect(events).toContainEqual({ id: 'request/main/1', type: 'CANCEL' })
+    // The freed slot went to the waiting request.
+    expect(Object.keys(after.leases)).toEqual(['request/main/2'])
+    expect(events).toContainEqual({ id: 'request/main/2', type: 'START' })
+  })
+})

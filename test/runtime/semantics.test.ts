@@ -1,0 +1,286 @@
+/**
+ * The runtime's semantics, one test each, on a simulated clock with the fake source
+ * control and builder (no real sleeps).
+ */
+import { Writable } from 'node:stream'
+import { pino } from 'pino'
+import { describe, expect, it } from 'vitest'
+import { InvalidInputError, NotFoundError, StoppedError } from '../../src/index.js'
+import { driveUntil } from '../support/drive.js'
+import { world } from '../support/runtime.js'
+
+const ref = { ref: 'main' }
+
+describe('ingest', () => {
+  it('resolves the head through source control and mints request/<queue>/1', async () => {
+    const w = await world()
+    w.sc.commit('main', 'a1')
+    const main = await w.run(w.sp.queue('main', ref))
+    expect(await w.run(main.ingest())).toEqual({ id: 'request/main/1', uri: 'fake://a1', deduplicated: false })
+    expect(w.sc.calls).toContain('latest(main)')
+  })
+
+  it('refuses an unknown ref with NotFoundError and writes nothing', async () => {
+    const w = await world()
+    const main = await w.run(w.sp.queue('main', { ref: 'refs/heads/nope' }))
+    await expect(w.run(main.ingest())).rejects.toBeInstanceOf(NotFoundError)
+    expect((await w.storage.requests.listByQueue('main')).items).toEqual([])
+    expect(await w.storage.counters.next('main')).toBe(1)
+  })
+
+  it('deduplicates on (queue, uri): a re-reported head resolves to its request', async () => {
+    const w = await world()
+    w.sc.commit('main', 'a1')
+    const main = await w.run(w.sp.queue('main', ref))
+    const first = await w.run(main.ingest())
+    const again = await w.run(main.ingest())
+    expect(again).toEqual({ ...first, deduplicated: true })
+    await w.run(main.waitFor(first.id))
+    expect(await w.run(main.ingest())).toEqual({ ...first, deduplicated: true })
+    expect((await w.storage.requests.listByQueue('main')).items).toHaveLength(1)
+  })
+
+  it('heals a mapping whose row is missing (a crash between the two writes) and validates it', async () => {
+    const w = await world()
+    w.sc.commit('main', 'a1')
+    const main = await w.run(w.sp.queue('main', ref))
+    await w.storage.counters.next('main')
+    await w.storage.requestUris.create({ queue: 'main', uri: 'fake://a1', requestId: 'request/main/1' })
+    expect(await w.run(main.ingest())).toEqual({ id: 'request/main/1', uri: 'fake://a1', deduplicated: true })
+    expect(await w.run(main.waitFor('request/main/1'))).toMatchObject({ state: 'recorded', verdict: 'green' })
+  })
+})
+
+describe('queue', () => {
+  it('coalesces: with maxConcurrent 1, heads arriving during a build leave only the newest validated', async () => {
+    const w = await world({ builder: { durationMs: 1000 } })
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    const first = await w.run(main.ingest())
+    const others = []
+    for (const sha of ['a2', 'a3', 'a4']) {
+      w.sc.commit('main', sha)
+      others.push(await w.run(main.ingest()))
+    }
+    const last = others[2]?.id ?? ''
+    await w.run(main.waitFor(last))
+    const states = await Promise.all([first, ...others].map((r) => w.run(w.sp.request(r.id))))
+    expect(states.map((r) => r.state)).toEqual(['recorded', 'superseded', 'superseded', 'recorded'])
+    expect(states[1]?.supersededBy).toBe('request/main/3')
+    expect(states[2]?.supersededBy).toBe('request/main/4')
+    expect(w.builder.builds.map((b) => b.uri)).toEqual(['fake://a1', 'fake://a4'])
+    expect(main.stats()).toMatchObject({ superseded: 2, green: 2 })
+  })
+
+  it('gates concurrency at maxConcurrent, holding each slot as a lease with a deadline', async () => {
+    const w = await world({ builder: { durationMs: 1000 } })
+    const main = await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 2, maxValidationMs: 60_000, leaseGraceMs: 5_000 }))
+    const ids: string[] = []
+    for (const sha of ['a1', 'a2', 'a3']) {
+      w.sc.commit('main', sha)
+      ids.push((await w.run(main.ingest())).id)
+    }
+    expect(w.builder.running()).toBe(2)
+    expect(main.inFlight().map((r) => r.state)).toEqual(['processing', 'processing', 'accepted'])
+    const leases = (w.sp.system.get('queue:main') as { getSnapshot(): { context: { leases: Record<string, number> } } }).getSnapshot()
+      .context.leases
+    const started = await w.run(w.sp.request(ids[0] ?? ''))
+    expect(leases[ids[0] ?? '']).toBe((started.deadlineAt ?? 0) + 5_000)
+    expect(Object.keys(leases)).toHaveLength(2)
+    await w.run(main.waitFor(ids[2] ?? ''))
+    expect(Math.max(...w.builder.builds.map((_, i) => i))).toBe(2)
+  })
+
+  it('moves last green only forward: a slow older green never regresses it', async () => {
+    const w = await world({ builder: { durationMs: (uri) => (uri === 'fake://a1' ? 5_000 : 100) } })
+    const main = await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 2 }))
+    w.sc.commit('main', 'a1')
+    const slow = await w.run(main.ingest())
+    w.sc.commit('main', 'a2')
+    const fast = await w.run(main.ingest())
+    await w.run(main.waitFor(fast.id))
+    expect(main.lastGreen()?.requestId).toBe(fast.id)
+    await w.run(main.waitFor(slow.id))
+    expect((await w.run(w.sp.request(slow.id))).verdict).toBe('green')
+    expect(main.lastGreen()?.requestId).toBe(fast.id)
+  })
+})
+
+describe('planning', () => {
+  it('validates fully without a last green, then incrementally since the last green', async () => {
+    const w = await world()
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    const first = await w.run(main.ingest())
+    expect(await w.run(main.waitFor(first.id))).toMatchObject({ strategy: 'full', fallback: 'no last green yet' })
+    w.sc.commit('main', 'a2')
+    const second = await w.run(main.ingest())
+    expect(await w.run(main.waitFor(second.id))).toMatchObject({ strategy: 'incremental', baseline: 'fake://a1' })
+    expect(w.builder.builds[1]).toMatchObject({ strategy: 'incremental', baseline: 'fake://a1' })
+  })
+
+  it('validates fully after a history rewrite (force-push)', async () => {
+    const w = await world()
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    await w.run(main.waitFor((await w.run(main.ingest())).id))
+    w.sc.forcePush('main', ['b1', 'b2'])
+    const rewritten = await w.run(main.ingest())
+    expect(await w.run(main.waitFor(rewritten.id))).toMatchObject({
+      strategy: 'full',
+      fallback: expect.stringContaining('history rewritten') as string,
+    })
+  })
+
+  it('validates fully, and counts the fallback, when the last green is unknown to source control', async () => {
+    const w = await world()
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    await w.run(main.waitFor((await w.run(main.ingest())).id))
+    w.sc.commit('main', 'a2')
+    w.sc.forget('a1')
+    const next = await w.run(main.ingest())
+    expect(await w.run(main.waitFor(next.id))).toMatchObject({
+      strategy: 'full',
+      fallback: expect.stringContaining('unknown to source control') as string,
+    })
+    expect(await w.sp.registry.getSingleMetricAsString('stovepipe_planning_fallbacks_total')).toContain('queue="main"} 1')
+  })
+})
+
+describe('recording', () => {
+  it('keeps an existing fact (first writer wins) and reports its verdict', async () => {
+    const w = await world()
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    const existing = { queue: 'main', uri: 'fake://a1', project: '', degree: 1, requestId: 'request/main/7', at: 5 }
+    await w.storage.facts.put(existing)
+    const { id } = await w.run(main.ingest())
+    expect(await w.run(main.waitFor(id))).toMatchObject({
+      verdict: 'red',
+      degree: 1,
+      factWritten: false,
+      reason: 'fact already recorded by request/main/7',
+    })
+    expect(await w.storage.facts.get('main', 'fake://a1')).toEqual(existing)
+    expect(main.lastGreen()).toBeUndefined()
+  })
+
+  it('writes per-project facts and the fraction of broken projects as the degree', async () => {
+    const w = await world({
+      builder: { outcome: () => ({ outcome: 'failed', projects: { api: 'passed', web: 'failed', cli: 'passed', docs: 'failed' } }) },
+    })
+    const main = await w.run(w.sp.queue('main', { ref: 'main', projects: ['api', 'web', 'cli', 'docs'] }))
+    w.sc.commit('main', 'a1')
+    const { id } = await w.run(main.ingest())
+    expect(await w.run(main.waitFor(id))).toMatchObject({ verdict: 'red', degree: 0.5 })
+    expect((await w.storage.facts.listByUri('main', 'fake://a1')).map((f) => [f.project, f.degree])).toEqual([
+      ['', 0.5],
+      ['api', 0],
+      ['cli', 0],
+      ['docs', 1],
+      ['web', 1],
+    ])
+  })
+})
+
+describe('failures', () => {
+  it('retries transient errors with backoff on the clock, then records indeterminate', async () => {
+    const w = await world({ builder: { outcome: () => 'error' } })
+    const main = await w.run(w.sp.queue('main', { ref: 'main', maxAttempts: 3 }))
+    w.sc.commit('main', 'a1')
+    const { id } = await w.run(main.ingest())
+    const done = await w.run(main.waitFor(id))
+    expect(done).toMatchObject({ verdict: 'indeterminate', degree: null, factWritten: false })
+    expect(done.reason).toMatch(/gave up after 3 attempt\(s\): UnavailableError: build infrastructure failed/)
+    expect(w.builder.builds).toHaveLength(3)
+    await expect(w.storage.facts.get('main', 'fake://a1')).rejects.toBeInstanceOf(NotFoundError)
+    expect(main.lastGreen()).toBeUndefined()
+  })
+
+  it('recovers from a transient source-control failure', async () => {
+    const w = await world()
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    await w.run(main.waitFor((await w.run(main.ingest())).id))
+    w.sc.commit('main', 'a2')
+    const next = await w.run(main.ingest())
+    w.sc.failNext(1)
+    expect(await w.run(main.waitFor(next.id))).toMatchObject({ verdict: 'green', strategy: 'incremental' })
+  })
+
+  it('records indeterminate and aborts the build when maxValidationMs passes', async () => {
+    const w = await world({ builder: { durationMs: 10_000 } })
+    const main = await w.run(w.sp.queue('main', { ref: 'main', maxValidationMs: 1_000 }))
+    w.sc.commit('main', 'a1')
+    const { id } = await w.run(main.ingest())
+    expect(await w.run(main.waitFor(id))).toMatchObject({ verdict: 'indeterminate', reason: 'maxValidationMs passed' })
+    expect(w.builder.builds[0]?.result).toBe('aborted')
+    await expect(w.storage.facts.get('main', 'fake://a1')).rejects.toBeInstanceOf(NotFoundError)
+  })
+
+  it('cancel aborts the builder through its AbortSignal and writes no fact', async () => {
+    const w = await world({ builder: { durationMs: 10_000 } })
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    const { id } = await w.run(main.ingest())
+    await driveUntil(w.clock, () => w.builder.running() === 1)
+    expect(await w.run(main.cancel(id))).toEqual({ id, cancelled: true, state: 'cancelled' })
+    expect(w.builder.builds[0]?.result).toBe('aborted')
+    await expect(w.storage.facts.get('main', 'fake://a1')).rejects.toBeInstanceOf(NotFoundError)
+    expect(await w.run(main.cancel(id))).toEqual({ id, cancelled: false, state: 'cancelled' })
+  })
+
+  it('never stops a queue silently: a failed request actor is logged, settled, and the queue goes on', async () => {
+    const lines: string[] = []
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(chunk.toString())
+        done()
+      },
+    })
+    const w = await world({ builder: { durationMs: 1_000 }, runtime: { logger: pino({ level: 'error' }, sink) } })
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    const { id } = await w.run(main.ingest())
+    // Someone else ends the row behind the actor's back: its next CAS write cannot succeed.
+    const row = await w.storage.requests.get(id)
+    await w.storage.requests.update({ ...row, state: 'cancelled' }, row.version, row.version + 1)
+    await driveUntil(w.clock, () => main.inFlight().length === 0)
+    expect((await w.run(w.sp.request(id))).state).toBe('cancelled')
+    expect(lines.some((line) => line.includes('request actor failed'))).toBe(true)
+    expect(await w.sp.registry.getSingleMetricAsString('stovepipe_request_failures_total')).toContain('queue="main"} 1')
+    w.sc.commit('main', 'a2')
+    const next = await w.run(main.ingest())
+    expect(await w.run(main.waitFor(next.id))).toMatchObject({ state: 'recorded', verdict: 'green' })
+  })
+})
+
+describe('bad input', () => {
+  it('refuses an unknown queue, invalid configs, ingest after stop and waitFor on an unknown id', async () => {
+    const w = await world()
+    await expect(w.run(w.sp.queue('nope'))).rejects.toThrow(NotFoundError)
+    await expect(w.run(w.sp.queue('nope'))).rejects.toThrow(/queue nope does not exist; pass its config to create it/)
+    for (const config of [
+      { ref: 'main', maxConcurrent: 0 },
+      { ref: 'main', maxConcurrent: 1.5 },
+      { ref: 'main', maxValidationMs: -1 },
+      { ref: 'main', maxValidationMs: Number.POSITIVE_INFINITY },
+      { ref: 'main', leaseGraceMs: Number.NaN },
+      { ref: '' },
+      { ref: 'main', projects: ['a', 'a'] },
+    ]) {
+      await expect(w.run(w.sp.queue('main', config))).rejects.toBeInstanceOf(InvalidInputError)
+    }
+    await expect(w.run(w.sp.queue('bad name', ref))).rejects.toBeInstanceOf(InvalidInputError)
+    expect(await w.storage.queues.list()).toEqual([])
+    const main = await w.run(w.sp.queue('main', ref))
+    await expect(w.run(main.waitFor('request/main/42'))).rejects.toBeInstanceOf(NotFoundError)
+    await expect(w.run(main.waitFor('request/other/1'))).rejects.toBeInstanceOf(InvalidInputError)
+    await expect(w.run(w.sp.request('nonsense'))).rejects.toBeInstanceOf(InvalidInputError)
+    await w.run(w.sp.stop())
+    w.sc.commit('main', 'a1')
+    await expect(w.run(main.ingest())).rejects.toBeInstanceOf(StoppedError)
+    expect((await w.storage.requests.listByQueue('main')).items).toEqual([])
+  })
+})
