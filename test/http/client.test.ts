@@ -1,0 +1,160 @@
+/**
+ * The HTTP client against a real server: it reads the same as the storage reader, turns
+ * error responses back into typed errors, ingests with the token, and follows `/events`
+ * across a dropped connection with no duplicate and no hole.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { LogEntry } from '../../src/actors/event-log.js'
+import { createHttpClient, createHttpServer, followEvents, HttpError, type ListeningServer } from '../../src/http/index.js'
+import type { QueueHandle } from '../../src/index.js'
+import { InvalidInputError, NotFoundError, UnavailableError } from '../../src/storage/errors.js'
+import { createStatusReader, type StatusReader } from '../../src/status/index.js'
+import { startRuntime, type Live } from './helpers.js'
+
+const A = 'a'.repeat(40)
+const B = 'b'.repeat(40)
+const TOKEN = 'token-1'
+const lastId = (entry: LogEntry): number => (entry.kind === 'event' ? entry.id : entry.toId)
+
+describe('HTTP client', () => {
+  let live: Live
+  let main: QueueHandle
+  let server: ListeningServer
+  let reader: StatusReader
+
+  beforeAll(async () => {
+    live = await startRuntime({ builder: { outcome: (uri) => (uri === `fake://${B}` ? 'failed' : 'passed') } })
+    main = await live.sp.queue('main', { ref: 'main' })
+    await live.sp.queue('empty', { ref: 'empty' })
+    await live.push(main, A)
+    await live.push(main, B)
+    reader = createStatusReader(live.storage)
+    server = await createHttpServer({ reader, sp: live.sp, token: TOKEN }).listen({ port: 0 })
+  })
+
+  afterAll(async () => {
+    await server.close()
+    await live.stop()
+  })
+
+  it('reads exactly what the storage reader reads', async () => {
+    const client = createHttpClient({ url: `${server.url}/` })
+    expect(await client.queues()).toEqual(await reader.queues())
+    expect(await client.queue('main')).toEqual(await reader.queue('main'))
+    expect(await client.lastGreen('main')).toEqual(await reader.lastGreen('main'))
+    expect(await client.lastGreen('empty')).toBeNull()
+    expect(await client.history('main', { limit: 1 })).toEqual(await reader.history('main', { limit: 1 }))
+    const page = await client.history('main', { limit: 1 })
+    expect(await client.history('main', { limit: 1, cursor: page.nextCursor as string })).toEqual(
+      await reader.history('main', { limit: 1, cursor: page.nextCursor as string }),
+    )
+    expect(await client.requests('main', { states: ['recorded'], order: 'asc' })).toEqual(
+      await reader.requests('main', { states: ['recorded'], order: 'asc' }),
+    )
+    expect(await client.request('request/main/2')).toEqual(await reader.request('request/main/2'))
+    expect(await client.events({ from: 2, limit: 3 })).toEqual(await reader.events({ from: 2, limit: 3 }))
+    expect(await client.events({ nodeId: 'local' })).toEqual(await reader.events({ nodeId: 'local' }))
+    for (const commit of [A, 'bbbbbbb', `fake://${A}`, '1'.repeat(40)]) {
+      expect(await client.why('main', commit)).toEqual(await reader.why('main', commit))
+    }
+    expect(await client.health()).toEqual({ status: 'ok', readOnly: false })
+    expect(await client.metrics()).toContain('stovepipe_verdicts_total')
+  })
+
+  it('turns error responses back into typed errors', async () => {
+    const client = createHttpClient({ url: server.url })
+    await expect(client.queue('nope')).rejects.toBeInstanceOf(NotFoundError)
+    await expect(client.queue('nope')).rejects.toThrow('queue nope does not exist')
+    await expect(client.lastGreen('nope')).rejects.toBeInstanceOf(NotFoundError)
+    await expect(client.request('garbage')).rejects.toBeInstanceOf(InvalidInputError)
+    await expect(client.why('amb', 'x')).rejects.toBeInstanceOf(NotFoundError)
+    const denied = await client.ingest('main').catch((error: unknown) => error)
+    expect(denied).toBeInstanceOf(HttpError)
+    expect(denied).toMatchObject({ status: 401, code: 'UNAUTHORIZED' })
+    await expect(createHttpClient({ url: 'http://127.0.0.1:1' }).queues()).rejects.toBeInstanceOf(UnavailableError)
+    expect(() => createHttpClient({ url: 'not a url' })).toThrow(InvalidInputError)
+    expect(() => createHttpClient({ url: 'ftp://x' })).toThrow(InvalidInputError)
+  })
+
+  it('ingests with the token', async () => {
+    const client = createHttpClient({ url: server.url, token: TOKEN })
+    live.sc.commit('main', 'c'.repeat(40))
+    const result = await client.ingest('main')
+    expect(result).toEqual({ id: 'request/main/3', uri: `fake://${'c'.repeat(40)}`, deduplicated: false })
+    await main.waitFor(result.id)
+    await live.sp.events.flush()
+  })
+
+  it('follows events from an id and stops when aborted', async () => {
+    const rows = await live.sp.events.read({ limit: 10_000 })
+    const seen: { entry: LogEntry; text: string }[] = []
+    const controller = new AbortController()
+    await followEvents(
+      { url: server.url, from: 1 },
+      (entry, text) => {
+        seen.push({ entry, text })
+        if (lastId(entry) === rows.length - 1) controller.abort()
+      },
+      controller.signal,
+    )
+    expect(seen.map((s) => lastId(s.entry))).toEqual(rows.slice(1).map(lastId))
+    expect(seen[0]?.entry).toEqual(rows[1])
+    expect(seen[0]?.text).toBe(live.sp.events.render(rows[1] as LogEntry))
+  })
+
+  it('rejects with the listener error and with error responses', async () => {
+    const boom = new Error('listener broke')
+    await expect(
+      followEvents({ url: server.url, from: 0 }, () => {
+        throw boom
+      }),
+    ).rejects.toBe(boom)
+    const bare = await createHttpServer({ reader }).listen({ port: 0 })
+    try {
+      await expect(followEvents({ url: bare.url }, () => undefined)).rejects.toBeInstanceOf(UnavailableError)
+    } finally {
+      await bare.close()
+    }
+    await expect(followEvents({ url: server.url, from: -1 }, () => undefined)).rejects.toBeInstanceOf(InvalidInputError)
+  })
+
+  it('resumes after a dropped connection with no duplicate and no hole', async () => {
+    const first = await createHttpServer({ reader, sp: live.sp }).listen({ port: 0 })
+    const port = first.port
+    const ids: number[] = []
+    const controller = new AbortController()
+    let dropped = false
+    let resolveDropped: () => void = () => undefined
+    const droppedOnce = new Promise<void>((resolve) => {
+      resolveDropped = resolve
+    })
+    const client = createHttpClient({ url: first.url })
+    const following = client.followEvents(
+      { from: 0 },
+      (entry) => {
+        ids.push(lastId(entry))
+        if (!dropped && ids.length === 3) {
+          dropped = true
+          resolveDropped()
+        }
+      },
+      controller.signal,
+    )
+    await droppedOnce
+    await first.close()
+    // Events happen while the follower is disconnected.
+    await live.push(main, 'd'.repeat(40))
+    const total = (await live.sp.events.read({ limit: 10_000 })).length
+    const second = await createHttpServer({ reader, sp: live.sp }).listen({ port })
+    try {
+      const deadline = Date.now() + 10_000
+      while (ids.length < total && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
+      controller.abort()
+      await following
+      expect(ids).toEqual(Array.from({ length: total }, (_, i) => i))
+    } finally {
+      controller.abort()
+      await second.close()
+    }
+  })
+})
