@@ -1,0 +1,87 @@
+/**
+ * What a command talks to: its output streams, environment and working directory, injected
+ * so tests run commands in-process and the binary wires in the real process.
+ *
+ * @module
+ */
+import { pino, type Logger } from 'pino'
+import { Writable } from 'node:stream'
+import { InvalidInputError } from '../storage/errors.js'
+
+/** A command's surroundings. */
+export interface CliIo {
+  /** Results (the thing a script pipes somewhere). */
+  stdout: { write(text: string): unknown; isTTY?: boolean }
+  /** Logs, progress and errors. */
+  stderr: { write(text: string): unknown; isTTY?: boolean }
+  env: Record<string, string | undefined>
+  cwd: string
+  /** Aborted on SIGINT/SIGTERM (long-running commands stop gracefully). */
+  signal: AbortSignal
+}
+
+/** The process's own surroundings; `signal` aborts on the first SIGINT or SIGTERM. */
+export function processIo(): CliIo {
+  const controller = new AbortController()
+  const onSignal = (name: NodeJS.Signals): void => {
+    if (controller.signal.aborted) {
+      process.stderr.write(`stovepipe: ${name} again, exiting now\n`)
+      process.exit(130)
+    }
+    controller.abort(new Error(`received ${name}`))
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+  return { stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd(), signal: controller.signal }
+}
+
+const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
+
+/** A pino logger writing JSON lines to the command's stderr (level from `--log-level`, default warn). */
+export function cliLogger(io: CliIo, level: string | undefined): Logger {
+  const chosen = level ?? io.env.STOVEPIPE_LOG_LEVEL ?? 'warn'
+  if (!LEVELS.includes(chosen))
+    throw new InvalidInputError(`--log-level must be one of ${LEVELS.join(', ')}, got ${JSON.stringify(chosen)}`)
+  const sink = new Writable({
+    write(chunk: Buffer | string, _encoding, callback) {
+      io.stderr.write(chunk.toString())
+      callback()
+    },
+  })
+  return pino({ level: chosen, base: { pid: process.pid } }, sink)
+}
+
+/** The first 7 characters of the sha in a URI (`…#<sha>` or `fake://<sha>`), or the URI itself. */
+export function shortSha(uri: string): string {
+  const hash = uri.lastIndexOf('#')
+  if (hash >= 0) return uri.slice(hash + 1, hash + 8)
+  const scheme = uri.indexOf('://')
+  return scheme >= 0 ? uri.slice(scheme + 3, scheme + 10) : uri
+}
+
+/** Epoch milliseconds as `YYYY-MM-DD HH:MM:SS` (UTC). */
+export function formatTime(at: number | null | undefined): string {
+  if (at === null || at === undefined) return '-'
+  return new Date(at).toISOString().replace('T', ' ').slice(0, 19)
+}
+
+/** Renders rows as aligned columns. */
+export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
+  const line = (cells: readonly string[]): string =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
+      .join('  ')
+      .trimEnd()
+  return [line(header), ...rows.map(line)].join('\n') + '\n'
+}
+
+/** Colours for a TTY; identity when the stream is not one (plain output for pipes and files). */
+export function painter(stream: { isTTY?: boolean }, env: Record<string, string | undefined>) {
+  const on = stream.isTTY === true && env.NO_COLOR === undefined
+  const wrap =
+    (code: number) =>
+    (text: string): string =>
+      on ? `\u001b[${code}m${text}\u001b[0m` : text
+  return { green: wrap(32), red: wrap(31), yellow: wrap(33), dim: wrap(2), bold: wrap(1), enabled: on }
+}

@@ -1,0 +1,194 @@
+/**
+ * The read commands: `status`, `last-green`, `history`, `events` and `why`. Each reads the
+ * state directly (`--db`, `--mysql`) or asks a running server (`--url`), prints text (plain
+ * when not a TTY) or `--json`.
+ *
+ * @module
+ */
+import { renderEntry, type LogEntry } from '../actors/event-log.js'
+import { createHttpClient, followEvents } from '../http/index.js'
+import { createStatusReader, type StatusReader } from '../status/index.js'
+import { InvalidInputError } from '../storage/errors.js'
+import type { Storage } from '../storage/types.js'
+import { READ_OPTIONS, parsePositiveInt, stringOption, type CommandSpec, type Parsed } from './args.js'
+import { formatTime, painter, shortSha, table, type CliIo } from './io.js'
+import { openState } from './storage.js'
+
+const spec = (name: string, summary: string, positionals: string[], extra: CommandSpec['options'] = {}, details?: string): CommandSpec => ({
+  name,
+  summary,
+  positionals,
+  options: { ...extra, ...READ_OPTIONS },
+  ...(details === undefined ? {} : { details }),
+})
+
+/** `stovepipe status`. */
+export const STATUS = spec('status', 'Show every queue: last green, requests in flight, counts.', [])
+/** `stovepipe last-green`. */
+export const LAST_GREEN = spec(
+  'last-green',
+  'Print the last green commit of a queue (sha and URI); exit code 1 when there is none.',
+  ['<queue>'],
+  {},
+  'Gate a deploy on it:\n  stovepipe last-green main && ./deploy.sh "$(stovepipe last-green main --sha)"',
+)
+LAST_GREEN.options.sha = { type: 'boolean', description: 'print only the sha' }
+/** `stovepipe history`. */
+export const HISTORY = spec('history', 'List the recorded requests of a queue, newest first: the greenness history.', ['<queue>'], {
+  limit: { type: 'string', value: '<n>', description: 'how many', defaultText: '20' },
+  cursor: { type: 'string', value: '<cursor>', description: 'continue from a previous page' },
+})
+/** `stovepipe events`. */
+export const EVENTS = spec('events', 'Print the event log (every request transition); gaps are shown as text.', [], {
+  from: { type: 'string', value: '<id>', description: 'start at this logical event id', defaultText: '0' },
+  follow: { type: 'boolean', short: 'f', description: 'keep printing new events until interrupted' },
+  limit: { type: 'string', value: '<n>', description: 'at most this many (without --follow)', defaultText: '1000' },
+})
+/** `stovepipe why`. */
+export const WHY = spec(
+  'why',
+  'Explain whether a commit is green and, if not, why: fact, verdict, request, superseded by, still in flight.',
+  ['<queue>', '<sha>'],
+  {},
+  'The sha may be abbreviated (at least 7 characters) or a full URI. Exit code 0 when green, 1 otherwise.',
+)
+
+interface Source {
+  reader: StatusReader
+  storage?: Storage
+  close(): Promise<void>
+}
+
+async function openSource(parsed: Parsed, io: CliIo): Promise<Source> {
+  const url = stringOption(parsed, 'url')
+  const db = stringOption(parsed, 'db')
+  const mysql = stringOption(parsed, 'mysql')
+  if (url !== undefined) {
+    if (db !== undefined || mysql !== undefined) throw new InvalidInputError('give either --url or --db/--mysql, not both')
+    const token = stringOption(parsed, 'token') ?? io.env.STOVEPIPE_TOKEN
+    return { reader: createHttpClient({ url, ...(token === undefined ? {} : { token }) }), close: () => Promise.resolve() }
+  }
+  const storage = await openState({ db, mysql }, io.cwd, { mustExist: true })
+  return { reader: createStatusReader(storage), storage, close: () => storage.close() }
+}
+
+async function withSource(parsed: Parsed, io: CliIo, work: (source: Source) => Promise<number>): Promise<number> {
+  const source = await openSource(parsed, io)
+  try {
+    return await work(source)
+  } finally {
+    await source.close()
+  }
+}
+
+const json = (io: CliIo, value: unknown): void => {
+  io.stdout.write(`${JSON.stringify(value, null, 2)}\n`)
+}
+
+/** Runs `stovepipe status`. */
+export function statusCommand(parsed: Parsed, io: CliIo): Promise<number> {
+  return withSource(parsed, io, async ({ reader }) => {
+    const queues = await reader.queues()
+    if (parsed.values.json === true) {
+      json(io, queues)
+      return 0
+    }
+    if (queues.length === 0) {
+      io.stdout.write('no queues yet (start one with `stovepipe run`)\n')
+      return 0
+    }
+    const paint = painter(io.stdout, io.env)
+    for (const q of queues) {
+      const green =
+        q.lastGreen === null
+          ? paint.yellow('none')
+          : `${paint.green(shortSha(q.lastGreen.uri))} (${q.lastGreen.requestId}, ${formatTime(q.lastGreen.at)})`
+      io.stdout.write(`${paint.bold(q.name)}  ${q.config.ref}${q.config.repo === undefined ? '' : ` in ${q.config.repo}`}\n`)
+      io.stdout.write(`  last green  ${green}\n`)
+      if (q.inFlight.length === 0) io.stdout.write('  in flight   none\n')
+      for (const r of q.inFlight) io.stdout.write(`  in flight   ${r.id}  ${shortSha(r.uri)}  ${r.step ?? r.state}\n`)
+    }
+    return 0
+  })
+}
+
+/** Runs `stovepipe last-green <queue>`: exit 0 with the commit, 1 when there is none. */
+export function lastGreenCommand(parsed: Parsed, io: CliIo): Promise<number> {
+  const [queue = ''] = parsed.positionals
+  return withSource(parsed, io, async ({ reader }) => {
+    const green = await reader.lastGreen(queue)
+    if (parsed.values.json === true) json(io, green)
+    else if (green === null) io.stderr.write(`queue ${queue} has no green commit yet\n`)
+    else if (parsed.values.sha === true) io.stdout.write(`${green.sha}\n`)
+    else io.stdout.write(`${green.sha} ${green.uri}\n`)
+    return green === null ? 1 : 0
+  })
+}
+
+/** Runs `stovepipe history <queue>`. */
+export function historyCommand(parsed: Parsed, io: CliIo): Promise<number> {
+  const [queue = ''] = parsed.positionals
+  const limit = parsePositiveInt(stringOption(parsed, 'limit') ?? '20', '--limit')
+  const cursor = stringOption(parsed, 'cursor')
+  return withSource(parsed, io, async ({ reader }) => {
+    const page = await reader.history(queue, { limit, ...(cursor === undefined ? {} : { cursor }) })
+    if (parsed.values.json === true) {
+      json(io, page)
+      return 0
+    }
+    const paint = painter(io.stdout, io.env)
+    const rows = page.items.map((r) => [
+      r.id,
+      shortSha(r.uri),
+      r.verdict === 'green' ? paint.green('green') : r.verdict === 'red' ? paint.red('red') : paint.yellow(r.verdict ?? r.state),
+      r.strategy ?? '-',
+      formatTime(r.endedAt ?? r.updatedAt),
+      r.reason ?? '',
+    ])
+    io.stdout.write(
+      rows.length === 0
+        ? `no recorded requests in ${queue} yet\n`
+        : table(['REQUEST', 'SHA', 'VERDICT', 'STRATEGY', 'ENDED', 'REASON'], rows),
+    )
+    if (page.nextCursor !== undefined) io.stdout.write(`more: stovepipe history ${queue} --cursor ${page.nextCursor}\n`)
+    return 0
+  })
+}
+
+/** Runs `stovepipe events [--follow] [--from id]`. */
+export function eventsCommand(parsed: Parsed, io: CliIo): Promise<number> {
+  const from = Number(stringOption(parsed, 'from') ?? '0')
+  if (!Number.isSafeInteger(from) || from < 0) throw new InvalidInputError(`--from must be a non-negative integer`)
+  const limit = parsePositiveInt(stringOption(parsed, 'limit') ?? '1000', '--limit')
+  const print = (entry: LogEntry): void => {
+    io.stdout.write(parsed.values.json === true ? `${JSON.stringify(entry)}\n` : `${renderEntry(entry)}\n`)
+  }
+  const url = stringOption(parsed, 'url')
+  if (parsed.values.follow === true && url !== undefined) {
+    const token = stringOption(parsed, 'token') ?? io.env.STOVEPIPE_TOKEN
+    return followEvents({ url, from, ...(token === undefined ? {} : { token }) }, print, io.signal).then(() => 0)
+  }
+  return withSource(parsed, io, async ({ reader }) => {
+    let next = from
+    for (;;) {
+      const rows = await reader.events({ from: next, limit: parsed.values.follow === true ? 1000 : limit })
+      for (const row of rows) {
+        print(row)
+        next = (row.kind === 'gap' ? row.toId : row.id) + 1
+      }
+      if (parsed.values.follow !== true || io.signal.aborted) return 0
+      if (rows.length === 0) await new Promise((done) => setTimeout(done, 500))
+    }
+  })
+}
+
+/** Runs `stovepipe why <queue> <sha>`: exit 0 when green, 1 otherwise. */
+export function whyCommand(parsed: Parsed, io: CliIo): Promise<number> {
+  const [queue = '', commit = ''] = parsed.positionals
+  return withSource(parsed, io, async ({ reader }) => {
+    const why = await reader.why(queue, commit)
+    if (parsed.values.json === true) json(io, why)
+    else io.stdout.write(`${why.summary}\n`)
+    return why.status === 'green' ? 0 : 1
+  })
+}
