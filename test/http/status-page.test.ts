@@ -4,11 +4,20 @@
  * are validated. Text from repositories is shown as text, never as markup. Saves
  * `test-artifacts/status-page.png`.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, expect, it } from 'vitest'
 import { createHttpServer, type ListeningServer } from '../../src/http/index.js'
 import type { QueueHandle } from '../../src/index.js'
 import { createStatusReader } from '../../src/status/index.js'
-import { openPage, saveScreenshot, waitForCount, pollPage, textOf, waitForText, type OpenedPage } from '../support/browser.js'
+import {
+  describeBrowser,
+  openPage,
+  saveScreenshot,
+  waitForCount,
+  pollPage,
+  textOf,
+  waitForText,
+  type OpenedPage,
+} from '../support/browser.js'
 import { startRuntime, type Live } from './helpers.js'
 
 const A = 'a'.repeat(40)
@@ -17,7 +26,7 @@ const C = 'c'.repeat(40)
 const D = 'd'.repeat(40)
 const HOSTILE = '<img src=x onerror="window.__pwned=1">'
 
-describe('status page', () => {
+describeBrowser('status page', () => {
   let live: Live
   let main: QueueHandle
   let server: ListeningServer

@@ -2,12 +2,34 @@
  * Headless Chromium for tests that look at a page as a person would (playwright-core with
  * Debian's Chromium: no browser download). `CHROMIUM_PATH` overrides where it is.
  */
-import { mkdirSync } from 'node:fs'
+import { existsSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
+import { describe, it } from 'vitest'
 
 /** Where Chromium is (`CHROMIUM_PATH`, default Debian's `/usr/bin/chromium`). */
 export const CHROMIUM_PATH = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
+
+/**
+ * `describe` for suites that need Chromium: runs them when it is installed, fails loudly
+ * under `CI=true` when it is not (`.ci/run` installs it), and skips them with one line otherwise.
+ */
+export function describeBrowser(name: string, body: () => void): void {
+  if (existsSync(CHROMIUM_PATH)) {
+    describe(name, body)
+  } else if (process.env.CI === 'true') {
+    describe(name, () => {
+      it('finds Chromium (required under CI=true)', () => {
+        throw new Error(`Chromium is not at ${CHROMIUM_PATH}: install it (apt-get install chromium) or set CHROMIUM_PATH`)
+      })
+    })
+  } else {
+    console.warn(
+      `[stovepipe] skipping browser suite "${name}": no Chromium at ${CHROMIUM_PATH} (apt-get install chromium, or set CHROMIUM_PATH)`,
+    )
+    describe.skipIf(true)(name, body)
+  }
+}
 
 /** Where screenshots go (gitignored). */
 export const ARTIFACTS_DIR = join(process.cwd(), 'test-artifacts')
