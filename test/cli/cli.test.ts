@@ -1,0 +1,149 @@
+/**
+ * The `stovepipe` command in-process: exit codes, text and `--json` output of the read
+ * commands on a database written by a runtime, and clear errors for bad flags.
+ */
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { parseDuration, parseListen } from '../../src/cli/args.js'
+import { main } from '../../src/cli/main.js'
+import { createFakeBuilder } from '../../src/build/fake.js'
+import { createStovepipe } from '../../src/index.js'
+import { createFakeSourceControl } from '../../src/sourcecontrol/fake.js'
+import { openSqliteStorage } from '../../src/storage/sqlite/index.js'
+import { tempDir } from '../support/sqlite.js'
+
+const dir = tempDir('stovepipe-cli-')
+const db = join(dir.dir, 'state.db')
+
+async function cli(...argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = ''
+  let stderr = ''
+  const code = await main(argv, {
+    stdout: { write: (text: string) => (stdout += text) },
+    stderr: { write: (text: string) => (stderr += text) },
+    env: {},
+    cwd: dir.dir,
+    signal: new AbortController().signal,
+  })
+  return { code, stdout, stderr }
+}
+
+beforeAll(async () => {
+  // A database as `stovepipe run` would leave it: main has a green, a red and a newer green; docs has nothing green.
+  const storage = await openSqliteStorage({ filename: db })
+  const sourceControl = createFakeSourceControl()
+  const sp = await createStovepipe({
+    storage,
+    sourceControl,
+    builder: createFakeBuilder({ outcome: (uri) => (uri.includes('bad') ? 'failed' : 'passed'), durationMs: 0 }),
+  })
+  const main = await sp.queue('main', { ref: 'main' })
+  const docs = await sp.queue('docs', { ref: 'docs' })
+  for (const sha of ['aaaaaaa1', 'bad0002', 'ccccccc3']) {
+    sourceControl.commit('main', sha)
+    await main.waitFor((await main.ingest()).id)
+  }
+  sourceControl.commit('docs', 'bad0004')
+  await docs.waitFor((await docs.ingest()).id)
+  await sp.stop()
+  await storage.close()
+}, 30_000)
+
+afterAll(() => {
+  dir.remove()
+})
+
+describe('stovepipe read commands', () => {
+  it('last-green prints sha and URI and exits 0, or exits 1 when there is none', async () => {
+    expect(await cli('last-green', 'main', '--db', db)).toEqual({ code: 0, stdout: 'ccccccc3 fake://ccccccc3\n', stderr: '' })
+    expect((await cli('last-green', 'main', '--db', db, '--sha')).stdout).toBe('ccccccc3\n')
+    const none = await cli('last-green', 'docs', '--db', db)
+    expect(none.code).toBe(1)
+    expect(none.stdout).toBe('')
+    expect(none.stderr).toContain('queue docs has no green commit yet')
+    const json = await cli('last-green', 'main', '--db', db, '--json')
+    expect(JSON.parse(json.stdout)).toMatchObject({ uri: 'fake://ccccccc3', requestId: 'request/main/3' })
+  })
+
+  it('an unknown queue exits 3 with a clear message', async () => {
+    const result = await cli('last-green', 'nope', '--db', db)
+    expect(result.code).toBe(3)
+    expect(result.stderr).toMatch(/stovepipe last-green: .*nope/)
+  })
+
+  it('history lists recorded requests newest first, as text and JSON', async () => {
+    const text = await cli('history', 'main', '--db', db)
+    expect(text.code).toBe(0)
+    const lines = text.stdout.trim().split('\n')
+    expect(lines[0]).toMatch(/^REQUEST\s+SHA\s+VERDICT\s+STRATEGY\s+ENDED\s+REASON$/)
+    expect(lines.slice(1).map((l) => l.split(/\s+/).slice(0, 3))).toEqual([
+      ['request/main/3', 'ccccccc', 'green'],
+      ['request/main/2', 'bad0002', 'red'],
+      ['request/main/1', 'aaaaaaa', 'green'],
+    ])
+    const page = JSON.parse((await cli('history', 'main', '--db', db, '--json', '--limit', '2')).stdout) as {
+      items: { id: string }[]
+      nextCursor?: string
+    }
+    expect(page.items.map((r) => r.id)).toEqual(['request/main/3', 'request/main/2'])
+    expect(page.nextCursor).toBeDefined()
+    const rest = JSON.parse((await cli('history', 'main', '--db', db, '--json', '--cursor', page.nextCursor ?? '')).stdout) as {
+      items: { id: string }[]
+    }
+    expect(rest.items.map((r) => r.id)).toEqual(['request/main/1'])
+  })
+
+  it('why explains a red commit (exit 1) and a green one (exit 0), by short sha', async () => {
+    const red = await cli('why', 'main', 'bad0002', '--db', db)
+    expect(red.code).toBe(1)
+    expect(red.stdout).toContain('is red')
+    expect(red.stdout).toContain('request/main/2')
+    const green = await cli('why', 'main', 'ccccccc3', '--db', db, '--json')
+    expect(green.code).toBe(0)
+    expect(JSON.parse(green.stdout)).toMatchObject({ status: 'green', isLastGreen: true })
+    const unknown = await cli('why', 'main', 'fake://nowhere', '--db', db)
+    expect(unknown.code).toBe(1)
+    expect(unknown.stdout).toContain('never')
+  })
+
+  it('status shows every queue; events renders the log', async () => {
+    const status = await cli('status', '--db', db)
+    expect(status.stdout).toContain('main  main')
+    expect(status.stdout).toContain('last green  ccccccc (request/main/3')
+    expect(status.stdout).toContain('docs  docs')
+    const events = await cli('events', '--db', db, '--from', '0', '--limit', '3')
+    expect(events.stdout.trim().split('\n')).toHaveLength(3)
+    expect(events.stdout).toMatch(/^#0 .* request\/main\/1 new -> accepted \(INIT\)$/m)
+  })
+})
+
+describe('stovepipe arguments', () => {
+  it('rejects bad flags and values with exit 2 and nothing written', async () => {
+    expect((await cli('run', '--repo', dir.dir)).stderr).toContain('--build "<command>" is required')
+    expect((await cli('run', '--build', 'true', '--poll', 'soon')).stderr).toContain('--poll must be a duration')
+    expect((await cli('run', '--build', 'true', '--http', 'localhost')).code).toBe(2)
+    expect((await cli('run', '--build', 'true', '--queue', 'no spaces')).code).toBe(2)
+    expect((await cli('history', 'main', '--db', db, '--limit', '0')).code).toBe(2)
+    expect((await cli('why', 'main')).stderr).toContain('missing <sha>')
+    expect((await cli('status', 'extra', '--db', db)).stderr).toContain('unexpected argument "extra"')
+    expect((await cli('frobnicate')).code).toBe(2)
+    expect((await cli('status', '--db', db, '--url', 'http://127.0.0.1:1')).code).toBe(2)
+  })
+
+  it('parses durations and listen addresses', () => {
+    expect(parseDuration('500ms', 'x')).toBe(500)
+    expect(parseDuration('5s', 'x')).toBe(5000)
+    expect(parseDuration('2m', 'x')).toBe(120_000)
+    expect(parseDuration('250', 'x')).toBe(250)
+    expect(() => parseDuration('0s', 'x')).toThrow(/positive/)
+    expect(parseListen('127.0.0.1:8080')).toEqual({ host: '127.0.0.1', port: 8080 })
+    expect(parseListen('[::1]:0')).toEqual({ host: '::1', port: 0 })
+    expect(() => parseListen('127.0.0.1:70000')).toThrow(/host:port/)
+  })
+
+  it('--url to a server that is not there exits 4 (unavailable)', async () => {
+    const result = await cli('status', '--url', 'http://127.0.0.1:9')
+    expect(result.code).toBe(4)
+    expect(result.stderr).toContain('127.0.0.1:9')
+  })
+})
