@@ -8,7 +8,8 @@
  */
 import type { Logger } from 'pino'
 import type { Clock } from '../actors/clock.js'
-import type { Writer } from '../actors/writer.js'
+import type { Writer, WriterResult } from '../actors/writer.js'
+import type { LastGreenPayload, LastGreenRef } from '../hooks/types.js'
 import type { QueueActor, QueueConfig, QueueContext } from '../machines/queue.js'
 import { newRequestContext } from '../machines/request.js'
 import type { SourceControl } from '../sourcecontrol/types.js'
@@ -21,6 +22,7 @@ import {
   type RequestRecord,
   type RequestState,
   type Storage,
+  type WriteOp,
 } from '../storage/types.js'
 import { parseRequestId } from '../storage/validation.js'
 import { requestRecord, writeFailure } from './request-services.js'
@@ -83,6 +85,10 @@ export interface QueueHostDeps {
   sourceControl: SourceControl
   isStopping(): boolean
   onIngest(deduplicated: boolean): void
+  /** The `outbox.put` ops announcing a last-green move (one per hook with `onLastGreen`; none without hooks). */
+  lastGreenOutbox(payload: LastGreenPayload): WriteOp[]
+  /** Outbox entries were committed: wake the hook dispatcher. */
+  outboxWritten(): void
 }
 
 interface Waiter {
@@ -106,16 +112,34 @@ export class QueueHost implements QueueHandle {
   private persisted: string
   private pending: QueueContext | undefined
   private persisting: Promise<void> | undefined
+  /** The newest last green seen (stored, or moved to since). */
+  private seenGreen: LastGreenRef | null
+  /** Last-green moves whose hook notifications are not stored yet, oldest first. */
+  private readonly moves: LastGreenPayload[] = []
 
+  /**
+   * `storedLastGreen` is the last green of the queue's stored row. When the actor starts
+   * from a newer one (recovery found a newer green request: the runtime crashed before the
+   * snapshot write), that move is persisted at once, with its hook notifications.
+   */
   constructor(
     readonly name: string,
     readonly actor: QueueActor,
     private version: number,
     private readonly deps: QueueHostDeps,
+    storedLastGreen: LastGreenRef | null = null,
   ) {
-    this.persisted = durable(actor.getSnapshot().context)
+    const context = actor.getSnapshot().context
+    this.persisted = durable(context)
+    this.seenGreen = storedLastGreen === null ? null : { ...storedLastGreen }
+    this.track(context)
+    if (this.moves.length > 0) {
+      this.pending = context
+      this.persisting = this.persistLoop()
+    }
     actor.subscribe({
       next: (snapshot) => {
+        this.track(snapshot.context)
         const text = durable(snapshot.context)
         if (text === this.persisted) return
         this.persisted = text
@@ -152,6 +176,27 @@ export class QueueHost implements QueueHandle {
     return { ...page, items: page.items.map(describeRequest) }
   }
 
+  /** Notes a move of last green (each one is notified, even when snapshot writes coalesce). */
+  private track(context: QueueContext): void {
+    const green = context.lastGreen
+    if (green === null || green.requestId === this.seenGreen?.requestId) return
+    const previous = this.seenGreen
+    this.moves.push({ queue: this.name, requestId: green.requestId, uri: green.uri, previous, at: green.at })
+    this.seenGreen = { uri: green.uri, requestId: green.requestId, at: green.at }
+  }
+
+  /** The moves a write carried were stored (or already were): forget them; wake the dispatcher. */
+  private movesWritten(count: number, results: readonly WriterResult[]): void {
+    if (results.some((result) => result.status === 'ok')) this.deps.outboxWritten()
+    const lost = results.find((result) => result.status === 'dead_lettered')
+    if (lost === undefined) this.moves.splice(0, count)
+    else
+      this.deps.logger.error(
+        { err: writeFailure(lost, `last-green notification of ${this.name}`), queue: this.name },
+        'last-green hook notification not stored; retried with the next snapshot write',
+      )
+  }
+
   /** Writes the queue's snapshot (context, no children) with CAS; coalesces bursts. */
   private async persistLoop(): Promise<void> {
     try {
@@ -183,9 +228,15 @@ export class QueueHost implements QueueHandle {
     if (context.lastGreen !== null)
       record.lastGreen = { uri: context.lastGreen.uri, requestId: context.lastGreen.requestId, at: context.lastGreen.at }
     for (let tries = 0; tries < 3; tries++) {
-      const [result] = await this.deps.writer.write([
+      // Last-green notifications first, in the same write: never a stored move without them.
+      const moves = this.moves.slice()
+      const outbox = moves.flatMap((move) => this.deps.lastGreenOutbox(move))
+      const results = await this.deps.writer.write([
+        ...outbox,
         { op: 'queue.update', record: { ...record, version: this.version + 1 }, oldVersion: this.version, newVersion: this.version + 1 },
       ])
+      this.movesWritten(moves.length, results.slice(0, outbox.length))
+      const result = results[outbox.length]
       if (result?.status === 'ok') {
         this.version++
         return

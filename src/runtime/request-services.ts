@@ -12,6 +12,8 @@ import { fromPromise } from 'xstate'
 import type { Clock } from '../actors/clock.js'
 import type { WriterResult, Writer } from '../actors/writer.js'
 import type { BuildRunner } from '../build/types.js'
+import { truncateText } from '../hooks/outbox.js'
+import type { VerdictPayload } from '../hooks/types.js'
 import {
   stateOfStep,
   type BuildOutput,
@@ -54,6 +56,41 @@ export interface RequestServiceDeps {
   sourceControlFor(queue: string): SourceControl
   /** Counts a planning fallback (last green unknown to source control). */
   onFallback(queue: string, reason: string): void
+  /** True when some hook has `onVerdict`: the record step then reads the commit's fact first. */
+  notifiesVerdicts: boolean
+  /** The `outbox.put` ops announcing a verdict (one per hook with `onVerdict`; none without hooks). */
+  verdictOutbox(payload: VerdictPayload): WriteOp[]
+  /** Outbox entries were committed: wake the hook dispatcher. */
+  outboxWritten(): void
+}
+
+/** Longest verdict reason carried in a hook payload, in UTF-8 bytes. */
+const MAX_PAYLOAD_REASON_BYTES = 4096
+
+/** The payload of a request's verdict, for hooks. */
+export function verdictPayload(
+  context: Pick<RequestContext, 'queue' | 'id' | 'uri'>,
+  outcome: { verdict: Verdict; degree: number | null; reason: string | null },
+  at: number,
+): VerdictPayload {
+  const { verdict, degree, reason } = outcome
+  const text = reason === null ? null : truncateText(reason, MAX_PAYLOAD_REASON_BYTES)
+  return { queue: context.queue, requestId: context.id, uri: context.uri, verdict, degree, reason: text, at }
+}
+
+/**
+ * Checks the outcomes of the outbox puts a write carried: wakes the dispatcher when one was
+ * stored, logs loudly when one was dead-lettered (its change was recorded without it).
+ */
+export function outboxOutcome(
+  deps: Pick<RequestServiceDeps, 'logger' | 'outboxWritten'>,
+  results: readonly WriterResult[],
+  what: string,
+): void {
+  if (results.some((result) => result.status === 'ok')) deps.outboxWritten()
+  const lost = results.find((result) => result.status === 'dead_lettered')
+  if (lost !== undefined)
+    deps.logger.error({ err: writeFailure(lost, what) }, 'a hook notification was not stored; hooks will not hear of this change')
 }
 
 /** The error a dead-lettered write stands for: retryable when storage was unavailable. */
@@ -89,12 +126,16 @@ export async function persistStep(
   step: RequestStep,
   state: RequestState,
   extra: Partial<RequestContext> = {},
+  outbox: readonly WriteOp[] = [],
 ): Promise<number> {
   let oldVersion = context.version
   for (let tries = 0; ; tries++) {
     const next = { ...context, ...extra }
     const record = requestRecord(next, step, state, oldVersion + 1, Math.max(0, Math.floor(deps.clock.now())))
-    const [result] = await deps.writer.write([{ op: 'request.update', record, oldVersion, newVersion: oldVersion + 1 }])
+    // Hook notifications first, in the same write: never a recorded change without its outbox entries.
+    const results = await deps.writer.write([...outbox, { op: 'request.update', record, oldVersion, newVersion: oldVersion + 1 }])
+    const result = results[results.length - 1]
+    if (outbox.length > 0) outboxOutcome(deps, results.slice(0, -1), `hook notification of ${context.id}`)
     if (result === undefined) throw new StorageFailedError(`no result persisting ${context.id}`)
     if (result.status === 'ok') return oldVersion + 1
     if (result.status === 'dead_lettered') throw writeFailure(result, `request ${context.id} at ${step}`)
@@ -105,6 +146,16 @@ export async function persistStep(
       )
     }
     oldVersion = stored.version
+  }
+}
+
+/** The whole-repository fact of a commit, or undefined when none was written yet. */
+async function existingFact(storage: Storage, queue: string, uri: string): Promise<Fact | undefined> {
+  try {
+    return await storage.facts.get(queue, uri, '')
+  } catch (error) {
+    if (error instanceof NotFoundError) return undefined
+    throw error
   }
 }
 
@@ -162,29 +213,42 @@ export function requestServices(deps: RequestServiceDeps) {
   const record = fromPromise<RecordOutput, StepInput>(async ({ input }) => {
     const context = await enter(input)
     const at = Math.max(0, Math.floor(deps.clock.now()))
-    let verdict: Verdict = context.verdict ?? 'indeterminate'
-    let degree = context.degree
-    let reason = context.reason
+    const verdict: Verdict = context.verdict ?? 'indeterminate'
+    const degree = context.degree
+    const reason = context.reason
     if (verdict === 'indeterminate' || degree === null) {
-      const version = await persistStep(deps, context, 'recorded', 'recorded', {
-        verdict: 'indeterminate',
-        degree: null,
-        reason,
-        factWritten: false,
-        endedAt: at,
-      })
-      return { verdict: 'indeterminate', degree: null, factWritten: false, reason, version, at }
+      const outcome = { verdict: 'indeterminate' as const, degree: null, reason }
+      const outbox = deps.verdictOutbox(verdictPayload(context, outcome, at))
+      const version = await persistStep(deps, context, 'recorded', 'recorded', { ...outcome, factWritten: false, endedAt: at }, outbox)
+      return { ...outcome, factWritten: false, version, at }
     }
-    // The facts and the verdict in one write; the verdict is corrected in the rare case a
-    // fact for this commit already existed (first writer wins).
+    // The verdict an existing fact for this commit imposes (first writer wins).
+    const judge = (existing: Fact | undefined): { verdict: Verdict; degree: number; reason: string | null; factWritten: boolean } => {
+      if (existing === undefined) return { verdict, degree, reason, factWritten: true }
+      const mine = existing.requestId === context.id // written by this request before a restart
+      return {
+        verdict: existing.degree === 0 ? 'green' : 'red',
+        degree: existing.degree,
+        reason: mine ? reason : `fact already recorded by ${existing.requestId}`,
+        factWritten: mine,
+      }
+    }
+    // Hooks get the verdict in the same write as the row, so it must be final before it:
+    // read the commit's fact first (when hooks listen), which decides the verdict if it exists.
+    const prior = deps.notifiesVerdicts ? await existingFact(deps.storage, context.queue, context.uri) : undefined
+    const planned = judge(prior)
+    // The facts, the hook notifications and the verdict in one write; the verdict is
+    // corrected after it in the rare case a fact for this commit appeared meanwhile.
     const facts: Fact[] = [{ queue: context.queue, uri: context.uri, project: '', degree, requestId: context.id, at }]
     for (const [project, outcome] of Object.entries(context.build?.projects ?? {})) {
       facts.push({ queue: context.queue, uri: context.uri, project, degree: outcome === 'passed' ? 0 : 1, requestId: context.id, at })
     }
-    const next = { ...context, verdict, degree, reason, factWritten: true, endedAt: at }
+    const outbox = deps.verdictOutbox(verdictPayload(context, planned, at))
+    const next = { ...context, ...planned, endedAt: at }
     const oldVersion = context.version
     const ops: WriteOp[] = [
       ...facts.map((fact): WriteOp => ({ op: 'fact.put', fact })),
+      ...outbox,
       {
         op: 'request.update',
         record: requestRecord(next, 'recorded', 'recorded', oldVersion + 1, at),
@@ -196,25 +260,27 @@ export function requestServices(deps: RequestServiceDeps) {
     const whole = results[0]
     const row = results[results.length - 1]
     if (whole === undefined || row === undefined) throw new StorageFailedError(`no result recording ${context.id}`)
+    if (outbox.length > 0) outboxOutcome(deps, results.slice(facts.length, -1), `hook notification of ${context.id}`)
     if (whole.status === 'dead_lettered') throw writeFailure(whole, `fact of ${context.id}`)
     let version = oldVersion + 1
     if (row.status === 'dead_lettered') throw writeFailure(row, `request ${context.id}`)
-    let factWritten = whole.status === 'ok'
     const existing = whole.status === 'already_exists' ? whole.fact : undefined
-    if (existing !== undefined) {
-      degree = existing.degree
-      verdict = degree === 0 ? 'green' : 'red'
-      if (existing.requestId === context.id)
-        factWritten = true // written by this request before a restart
-      else reason = `fact already recorded by ${existing.requestId}`
+    // Without a prior read (no hooks), or when a fact appeared between the read and the write.
+    const late = existing !== undefined && prior === undefined
+    const final = late ? judge(existing) : planned
+    if (late && outbox.length > 0) {
+      deps.logger.warn(
+        { requestId: context.id, fact: existing },
+        'a fact appeared while recording; hooks were told the verdict before correction',
+      )
     }
-    const extra = { verdict, degree, reason, factWritten, endedAt: at }
+    const extra = { ...final, endedAt: at }
     if (row.status !== 'ok') {
       version = await persistStep(deps, context, 'recorded', 'recorded', extra)
-    } else if (existing !== undefined && (existing.requestId !== context.id || existing.degree !== context.degree)) {
+    } else if (late && (existing.requestId !== context.id || existing.degree !== context.degree)) {
       version = await persistStep(deps, { ...next, version }, 'recorded', 'recorded', extra)
     }
-    return { verdict, degree, factWritten, reason, version, at }
+    return { ...final, version, at }
   })
 
   return { persist, plan, build, record }

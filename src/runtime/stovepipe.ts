@@ -27,6 +27,9 @@ import { createEventLog, eventLogActor, type EventLog, type EventLogOptions, typ
 import { silentLogger } from '../actors/observability.js'
 import { createWriter, type DrainReport, type Writer, type WriterOptions } from '../actors/writer.js'
 import type { BuildRunner } from '../build/types.js'
+import { createOutboxDispatcher, type OutboxDispatcher } from '../hooks/outbox-dispatcher.js'
+import { hookWants, outboxPuts, validateHooks } from '../hooks/outbox.js'
+import type { Hook, HookRetryOptions, LastGreenRef } from '../hooks/types.js'
 import { queueMachine, type QueueActor, type QueueConfig, type QueueContext, type QueueLastGreen } from '../machines/queue.js'
 import { newRequestContext, requestMachine, type RequestContext, type RequestStep } from '../machines/request.js'
 import { isSourceControlProvider, type SourceControl, type SourceControlProvider } from '../sourcecontrol/types.js'
@@ -35,7 +38,7 @@ import { FINAL_REQUEST_STATES, type QueueRecord, type RequestRecord, type Reques
 import { assertQueueName, parseRequestId } from '../storage/validation.js'
 import { normalizeQueueConfig, type QueueConfigInput } from './config.js'
 import { QueueHost, type QueueHandle } from './queue-host.js'
-import { requestRecord, requestServices } from './request-services.js'
+import { outboxOutcome, requestRecord, requestServices, verdictPayload } from './request-services.js'
 import { describeRequest, type RequestView } from './views.js'
 
 /** Options of {@link createStovepipe}. */
@@ -61,6 +64,15 @@ export interface StovepipeOptions {
   retry?: { baseDelayMs?: number; maxDelayMs?: number }
   /** Randomness for jitter (default Math.random). */
   random?: () => number
+  /**
+   * Told of every verdict (`onVerdict`) and every move of a queue's last green
+   * (`onLastGreen`), at least once: each notification is stored in the outbox in the same
+   * write as the change, and delivered (retried with backoff, across restarts) by a
+   * dispatcher running in the runtime. Names must be unique and stay stable.
+   */
+  hooks?: readonly Hook[]
+  /** Retry policy of hook delivery (defaults: 1000 ms doubling to 5 min, unlimited attempts, 60 s per call). */
+  hookRetry?: HookRetryOptions
 }
 
 /** What {@link Stovepipe.stop} did. */
@@ -174,6 +186,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
   const retryMax = options.retry?.maxDelayMs ?? 30_000
   const now = (): number => Math.max(0, Math.floor(clock.now()))
   const nodeId = options.nodeId ?? 'local'
+  const hooks = options.hooks === undefined ? [] : validateHooks(options.hooks)
 
   const writer = createWriter({
     ...options.writer,
@@ -184,6 +197,23 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     name: options.writer?.name ?? `writer-${nodeId.replace(/[^A-Za-z0-9._-]/g, '-')}`,
   })
   const events = await createEventLog({ ...options.eventLog, storage, writer, clock, logger, registry, nodeId })
+  // Hooks: delivered from the outbox by a dispatcher, started once recovery is done.
+  const dispatcher: OutboxDispatcher | undefined =
+    hooks.length === 0
+      ? undefined
+      : createOutboxDispatcher({
+          storage,
+          writer,
+          hooks,
+          clock,
+          logger,
+          random,
+          registry,
+          ...(options.hookRetry === undefined ? {} : { retry: options.hookRetry }),
+        })
+  const outboxWritten = (): void => {
+    dispatcher?.wake()
+  }
 
   const metrics = {
     ingests: new Counter({ name: 'stovepipe_ingests_total', help: 'Heads ingested', labelNames: ['deduplicated'], registers: [registry] }),
@@ -236,6 +266,9 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     onFallback: (queue) => {
       metrics.fallbacks.inc({ queue })
     },
+    notifiesVerdicts: hooks.some((hook) => hookWants(hook, 'verdict')),
+    verdictOutbox: (payload) => outboxPuts(hooks, 'verdict', payload, now()),
+    outboxWritten,
   })
   const request = requestMachine.provide({
     actors: services,
@@ -275,7 +308,18 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
           endedAt: now(),
         }
         const record = requestRecord(context, 'recorded', 'recorded', row.version + 1, now())
-        const [result] = await writer.write([{ op: 'request.update', record, oldVersion: row.version, newVersion: row.version + 1 }])
+        const outbox = outboxPuts(
+          hooks,
+          'verdict',
+          verdictPayload(context, { verdict: 'indeterminate', degree: null, reason: context.reason }, now()),
+          now(),
+        )
+        const results = await writer.write([
+          ...outbox,
+          { op: 'request.update', record, oldVersion: row.version, newVersion: row.version + 1 },
+        ])
+        if (outbox.length > 0) outboxOutcome({ logger, outboxWritten }, results.slice(0, -1), `hook notification of ${id}`)
+        const result = results[results.length - 1]
         if (result?.status !== 'ok') throw new Error(`salvage write: ${result?.status ?? 'no result'}`)
       }
       host?.actor.send({ type: 'request.salvaged', id, n, uri: row.uri, at: now() })
@@ -303,12 +347,21 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
 
   const root = setup({
     types: { events: {} as RootEvent },
-    actors: { queue, eventLog: eventLogActor(events), writer: fromCallback(() => undefined) },
+    actors: {
+      queue,
+      eventLog: eventLogActor(events),
+      writer: fromCallback(() => undefined),
+      // The dispatcher lives as long as the actor system: stopping the root (or abandoning it) halts it.
+      hooks: fromCallback(() => () => {
+        dispatcher?.halt()
+      }),
+    },
   }).createMachine({
     id: 'stovepipe',
     invoke: [
       { src: 'eventLog', id: 'eventLog', systemId: 'eventLog' },
       { src: 'writer', id: 'writer', systemId: 'writer' },
+      { src: 'hooks', id: 'hooks', systemId: 'hooks' },
     ],
     on: {
       'queue.open': {
@@ -368,22 +421,30 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
   const rootActor = createActor(root, inspect === undefined ? { clock } : { clock, inspect })
   rootActor.start()
 
-  const spawnQueue = (name: string, context: QueueContext, version: number): QueueHost => {
+  const spawnQueue = (name: string, context: QueueContext, version: number, storedLastGreen: LastGreenRef | null): QueueHost => {
     bindSourceControl(name, context.config)
     rootActor.send({ type: 'queue.open', name, context })
     const actor = rootActor.system.get(`queue:${name}`) as QueueActor | undefined
     if (actor === undefined) throw new Error(`queue actor ${name} did not start`)
-    const host = new QueueHost(name, actor, version, {
-      storage,
-      writer,
-      clock,
-      logger: logger.child({ queue: name }),
-      sourceControl: sourceControlFor(name),
-      isStopping: () => stopping,
-      onIngest: (deduplicated) => {
-        metrics.ingests.inc({ deduplicated: String(deduplicated) })
+    const host = new QueueHost(
+      name,
+      actor,
+      version,
+      {
+        storage,
+        writer,
+        clock,
+        logger: logger.child({ queue: name }),
+        sourceControl: sourceControlFor(name),
+        isStopping: () => stopping,
+        onIngest: (deduplicated) => {
+          metrics.ingests.inc({ deduplicated: String(deduplicated) })
+        },
+        lastGreenOutbox: (payload) => outboxPuts(hooks, 'lastGreen', payload, now()),
+        outboxWritten,
       },
-    })
+      storedLastGreen,
+    )
     hosts.set(name, host)
     return host
   }
@@ -439,12 +500,15 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       expiredAt: 0,
       stats: { ...zeroStats(), ...(persisted?.stats ?? {}) },
     }
-    const host = spawnQueue(record.name, context, record.version)
+    // A newer green found by the scan moves last green: the host persists it with its hook notifications.
+    const host = spawnQueue(record.name, context, record.version, record.lastGreen ?? null)
     if (contexts.length > 0) {
       logger.info({ queue: record.name, requests: contexts.length }, 'resuming requests in flight')
       host.actor.send({ type: 'resume', requests: contexts, at: now() })
     }
   }
+
+  dispatcher?.start()
 
   const openQueue = async (name: string, input: QueueConfigInput | undefined): Promise<QueueHandle> => {
     assertQueueName(name)
@@ -474,12 +538,14 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       throw new InvalidInputError(`queue ${name} was created by another process; restart this runtime to load it`)
     }
     if (result?.status !== 'ok') throw new StoppedError(`queue ${name} could not be created (${result?.status ?? 'no result'})`)
-    return hosts.get(name) ?? spawnQueue(name, context, 0)
+    return hosts.get(name) ?? spawnQueue(name, context, 0, null)
   }
 
   let stopReport: Promise<StopReport> | undefined
   const stop = async (deadlineMs: number): Promise<StopReport> => {
     stopping = true
+    // Hook calls under way are aborted; what they did not deliver stays in the outbox for the next start.
+    await dispatcher?.stop({ deadlineMs })
     rootActor.stop()
     for (const host of hosts.values()) {
       host.rejectWaiters(new StoppedError('the runtime stopped'))

@@ -7,8 +7,16 @@
  * @internal
  * @module
  */
-import type { Fact, RequestUriMapping, WriteResult } from './types.js'
-import type { PreparedDeadLetter, PreparedEvent, PreparedOp, PreparedQueue, PreparedRequest } from './validation.js'
+import type { Fact, OutboxKey, RequestUriMapping, WriteResult } from './types.js'
+import type {
+  PreparedDeadLetter,
+  PreparedEvent,
+  PreparedOp,
+  PreparedOutbox,
+  PreparedQueue,
+  PreparedRequest,
+  PreparedSettlement,
+} from './validation.js'
 
 /** Reads and writes of one transaction. Reads see the transaction's own earlier writes. */
 export interface TableView {
@@ -26,6 +34,13 @@ export interface TableView {
   putEvent(event: PreparedEvent): void
   hasDeadLetter(id: string): boolean
   putDeadLetter(letter: PreparedDeadLetter): void
+  getOutbox(key: OutboxKey): PreparedOutbox | undefined
+  putOutbox(entry: PreparedOutbox): void
+}
+
+/** One string per outbox key (the parts are validated never to hold a newline). */
+export function outboxKeyText(key: OutboxKey): string {
+  return `${key.queue}\n${key.requestId}\n${key.kind}\n${key.hook}`
 }
 
 const OK: WriteResult = { status: 'ok' }
@@ -88,7 +103,24 @@ export function applyOp(op: PreparedOp, view: TableView): WriteResult {
       view.putDeadLetter(op.deadLetter)
       return OK
     }
+    case 'outbox.put': {
+      if (view.getOutbox(op.outbox.entry) !== undefined) return EXISTS
+      view.putOutbox(op.outbox)
+      return OK
+    }
+    case 'outbox.settle': {
+      const current = view.getOutbox(op.key)
+      if (current === undefined) return MISSING
+      if (current.entry.deliveredAt !== null) return MISMATCH
+      view.putOutbox(settleOutbox(current, op.settlement))
+      return OK
+    }
   }
+}
+
+/** The stored outbox entry after a settle: key, payload and createdAt kept, delivery state replaced. */
+export function settleOutbox(current: PreparedOutbox, settlement: PreparedSettlement): PreparedOutbox {
+  return { entry: { ...current.entry, ...settlement }, payloadJson: current.payloadJson }
 }
 
 /** The stored request after an update: immutable fields kept, mutable ones replaced. */

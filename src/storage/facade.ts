@@ -14,15 +14,32 @@ import {
   StovepipeError,
   VersionMismatchError,
 } from './errors.js'
-import type { DeadLetter, EventRow, Fact, FactPutResult, Page, QueueRecord, RequestRecord, Storage, WriteOp, WriteResult } from './types.js'
+import type {
+  DeadLetter,
+  EventRow,
+  Fact,
+  FactPutResult,
+  OutboxEntry,
+  OutboxKey,
+  OutboxPutResult,
+  Page,
+  QueueRecord,
+  RequestRecord,
+  Storage,
+  WriteOp,
+  WriteResult,
+} from './types.js'
 import {
   assertNodeId,
   assertProject,
   assertQueueName,
   assertUri,
   parseRequestId,
+  prepareDueOptions,
   prepareListOptions,
   prepareOps,
+  prepareOutboxKey,
+  prepareOutboxListOptions,
   preparePage,
   prepareReadOptions,
   type PreparedListOptions,
@@ -63,6 +80,11 @@ export interface StorageBackend {
   lastEvent(nodeId: string): Promise<EventRow | undefined>
   /** Up to `limit` letters stored after position `after`, with their positions. */
   listDeadLetters(after: number, limit: number): Promise<{ position: number; letter: DeadLetter }[]>
+  getOutbox(key: OutboxKey): Promise<OutboxEntry | undefined>
+  /** Up to `limit` undelivered entries due at `before`, by `(nextAttemptAt, createdAt, position)`. */
+  dueOutbox(before: number, limit: number): Promise<OutboxEntry[]>
+  /** Up to `limit` entries (of `queue`, when given) stored after position `after`, with their positions. */
+  listOutbox(queue: string | undefined, after: number, limit: number): Promise<{ position: number; entry: OutboxEntry }[]>
   migrate(): Promise<number[]>
   close(): Promise<void>
 }
@@ -231,6 +253,40 @@ export function createStorageFacade(backend: StorageBackend): Storage {
           return rows.length > limit && last !== undefined ? { ...page, nextCursor: String(last.position) } : page
         }),
     },
+    outbox: {
+      put: (entry) =>
+        call(async (): Promise<OutboxPutResult> => {
+          const result = await commitOne({ op: 'outbox.put', entry })
+          if (result.status !== 'ok' && result.status !== 'already_exists')
+            throw new StorageFailedError(`outbox.put returned ${result.status}`)
+          return { written: result.status === 'ok', entry: await getOutbox(entry) }
+        }),
+      settle: (key, settlement) =>
+        call(async () => {
+          const { attempts, nextAttemptAt, deliveredAt, lastError } = settlement
+          const result = await commitOne({ op: 'outbox.settle', key, attempts, nextAttemptAt, deliveredAt, lastError })
+          if (result.status === 'not_found') throw new NotFoundError(`no outbox entry ${describeOutboxKey(key)}`)
+          if (result.status === 'version_mismatch') {
+            throw new VersionMismatchError(`outbox entry ${describeOutboxKey(key)} was already delivered; it is not settled again`)
+          }
+          return getOutbox(key)
+        }),
+      get: (key) => call(() => getOutbox(prepareOutboxKey(key))),
+      due: (options) =>
+        call(() => {
+          const { before, limit } = prepareDueOptions(options)
+          return backend.dueOutbox(before, limit)
+        }),
+      list: (options) =>
+        call(async (): Promise<Page<OutboxEntry>> => {
+          const { queue, after, limit } = prepareOutboxListOptions(options)
+          const rows = await backend.listOutbox(queue, after, limit + 1)
+          const items = rows.slice(0, limit)
+          const last = items[items.length - 1]
+          const page = { items: items.map((row) => row.entry) }
+          return rows.length > limit && last !== undefined ? { ...page, nextCursor: String(last.position) } : page
+        }),
+    },
     commit: (ops) => call(() => backend.commit(prepareOps(ops), false)),
     migrate: () => call(() => backend.migrate()),
     close: async () => {
@@ -252,11 +308,21 @@ export function createStorageFacade(backend: StorageBackend): Storage {
     return fact
   }
 
+  async function getOutbox(key: OutboxKey): Promise<OutboxEntry> {
+    const entry = await backend.getOutbox(key)
+    if (entry === undefined) throw new NotFoundError(`no outbox entry ${describeOutboxKey(key)}`)
+    return entry
+  }
+
   Object.defineProperty(storage, COMMIT_PREPARED, {
     enumerable: false,
     value: (ops: PreparedOp[]) => call(() => backend.commit(ops, false)),
   })
   return storage
+}
+
+function describeOutboxKey(key: OutboxKey): string {
+  return `${key.kind} of ${key.requestId} for hook ${key.hook}`
 }
 
 /** Re-throws typed errors as they are and wraps anything else, for backends' catch blocks. */

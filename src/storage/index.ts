@@ -18,10 +18,11 @@ export {
   isRetryable,
 } from './errors.js'
 export type { StovepipeErrorCode, StovepipeErrorOptions } from './errors.js'
-export { FINAL_REQUEST_STATES, REQUEST_STATES } from './types.js'
+export { FINAL_REQUEST_STATES, OUTBOX_KINDS, OUTBOX_NEVER, REQUEST_STATES } from './types.js'
 export type {
   CounterStore,
   DeadLetter,
+  DueOutboxOptions,
   DeadLetterStore,
   EventEntry,
   EventRow,
@@ -33,7 +34,14 @@ export type {
   Json,
   JsonObject,
   LastGreen,
+  ListOutboxOptions,
   ListRequestsOptions,
+  OutboxEntry,
+  OutboxKey,
+  OutboxKind,
+  OutboxPutResult,
+  OutboxSettlement,
+  OutboxStore,
   Page,
   QueueRecord,
   QueueStore,
@@ -47,4 +55,13 @@ export type {
   WriteOp,
   WriteResult,
 } from './types.js'
-export { MAX_JSON_BYTES, MAX_PROJECT_BYTES, MAX_URI_BYTES, NODE_ID_PATTERN, QUEUE_NAME_PATTERN } from './validation.js'
+export {
+  HOOK_NAME_PATTERN,
+  MAX_JSON_BYTES,
+  MAX_OUTBOX_ERROR_BYTES,
+  MAX_OUTBOX_PAYLOAD_BYTES,
+  MAX_PROJECT_BYTES,
+  MAX_URI_BYTES,
+  NODE_ID_PATTERN,
+  QUEUE_NAME_PATTERN,
+} from './validation.js'

@@ -5,8 +5,19 @@
  * @internal
  * @module
  */
-import type { DeadLetter, EventRow, Fact, Json, QueueRecord, RequestRecord, RequestState } from './types.js'
-import type { PreparedDeadLetter, PreparedEvent, PreparedQueue, PreparedRequest } from './validation.js'
+import type {
+  DeadLetter,
+  EventRow,
+  Fact,
+  Json,
+  JsonObject,
+  OutboxEntry,
+  OutboxKind,
+  QueueRecord,
+  RequestRecord,
+  RequestState,
+} from './types.js'
+import type { PreparedDeadLetter, PreparedEvent, PreparedOutbox, PreparedQueue, PreparedRequest } from './validation.js'
 
 export interface RequestRow {
   id: string
@@ -139,4 +150,52 @@ export function toDeadLetter(row: DeadLetterRow): DeadLetter {
 export function deadLetterOf(prepared: PreparedDeadLetter): DeadLetter {
   const { letter } = prepared
   return { ...letter, error: { ...letter.error }, op: JSON.parse(prepared.opJson) as Json }
+}
+
+export interface OutboxRow {
+  n: number
+  queue: string
+  request_id: string
+  kind: string
+  hook: string
+  payload: string
+  created_at: number
+  attempts: number
+  next_attempt_at: number
+  delivered_at: number | null
+  last_error: string | null
+}
+export const OUTBOX_COLUMNS = 'n, queue, request_id, kind, hook, payload, created_at, attempts, next_attempt_at, delivered_at, last_error'
+
+/** The outbox entry a stored row stands for. */
+export function toOutbox(row: OutboxRow): OutboxEntry {
+  return {
+    queue: row.queue,
+    requestId: row.request_id,
+    kind: row.kind as OutboxKind,
+    hook: row.hook,
+    payload: JSON.parse(row.payload) as JsonObject,
+    createdAt: row.created_at,
+    attempts: row.attempts,
+    nextAttemptAt: row.next_attempt_at,
+    deliveredAt: row.delivered_at,
+    lastError: row.last_error,
+  }
+}
+
+/** The validated form of a stored row (the MySQL backend loads rows it updates). */
+export function preparedOutboxOf(row: OutboxRow): PreparedOutbox {
+  const { payload: _payload, ...entry } = toOutbox({ ...row, payload: '{}' })
+  return { entry, payloadJson: row.payload }
+}
+
+/** The outbox entry a validated one stands for, with a fresh copy of its payload. */
+export function outboxOf(prepared: PreparedOutbox): OutboxEntry {
+  return { ...prepared.entry, payload: JSON.parse(prepared.payloadJson) as JsonObject }
+}
+
+/** The row values of an outbox entry, in {@link OUTBOX_COLUMNS} order after `n`. */
+export function outboxValues(prepared: PreparedOutbox): (string | number | null)[] {
+  const e = prepared.entry
+  return [e.queue, e.requestId, e.kind, e.hook, prepared.payloadJson, e.createdAt, e.attempts, e.nextAttemptAt, e.deliveredAt, e.lastError]
 }

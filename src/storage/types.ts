@@ -127,6 +127,77 @@ export interface DeadLetter {
   attempts: number
 }
 
+/** What an outbox entry notifies: a request's verdict, or a move of a queue's last green. */
+export const OUTBOX_KINDS = ['verdict', 'lastGreen'] as const
+/** Kind of an outbox entry. */
+export type OutboxKind = (typeof OUTBOX_KINDS)[number]
+
+/**
+ * `nextAttemptAt` of an entry its dispatcher gave up on (after `maxAttempts`): never due
+ * again. Such an entry keeps `deliveredAt: null` and says why in `lastError`.
+ */
+export const OUTBOX_NEVER = Number.MAX_SAFE_INTEGER
+
+/** The key of an outbox entry: one notification, for one hook. */
+export interface OutboxKey {
+  queue: string
+  /** The request the notification is about (for `lastGreen`: the new last green's request). */
+  requestId: string
+  kind: OutboxKind
+  /** Name of the hook that receives it; matches `^[A-Za-z0-9._-]{1,128}$`. */
+  hook: string
+}
+
+/**
+ * A notification waiting for (or done with) delivery to a hook: the transactional outbox.
+ * Written in the same commit as the change it reports, delivered at least once.
+ */
+export interface OutboxEntry extends OutboxKey {
+  /** What the hook receives, plain JSON (at most 64 KiB serialized). */
+  payload: JsonObject
+  createdAt: number
+  /** Delivery attempts made so far. */
+  attempts: number
+  /** When the entry is next due (epoch ms); {@link OUTBOX_NEVER} once given up. */
+  nextAttemptAt: number
+  /** When the hook accepted it; null while pending. */
+  deliveredAt: number | null
+  /** Why the last attempt failed; null when none did (or once delivered). */
+  lastError: string | null
+}
+
+/** The new delivery state of a pending entry (see {@link OutboxStore.settle}). */
+export interface OutboxSettlement {
+  attempts: number
+  nextAttemptAt: number
+  deliveredAt: number | null
+  lastError: string | null
+}
+
+/** Result of {@link OutboxStore.put}: the first writer wins and its entry is returned. */
+export interface OutboxPutResult {
+  written: boolean
+  entry: OutboxEntry
+}
+
+/** Options of {@link OutboxStore.due}. */
+export interface DueOutboxOptions {
+  /** Entries with `nextAttemptAt <= before`. */
+  before: number
+  /** At most this many, 1 to 1000; default 100. */
+  limit?: number
+}
+
+/** Options of {@link OutboxStore.list}. */
+export interface ListOutboxOptions {
+  /** Only this queue's entries. */
+  queue?: string
+  /** Opaque cursor from a previous page's `nextCursor`. */
+  cursor?: string
+  /** Page size, 1 to 1000; default 100. */
+  limit?: number
+}
+
 /** Options of {@link RequestStore.listByQueue}. */
 export interface ListRequestsOptions {
   /** Only requests in one of these states. */
@@ -230,6 +301,29 @@ export interface EventStore {
   last: (nodeId: string) => Promise<EventRow | undefined>
 }
 
+/** The hooks' outbox: notifications to deliver, with their delivery state. */
+export interface OutboxStore {
+  /**
+   * Stores the entry unless one with its key `(queue, requestId, kind, hook)` exists; the
+   * first writer wins (its entry is returned, `written: false`), so a repeated put is a no-op.
+   */
+  put: (entry: OutboxEntry) => Promise<OutboxPutResult>
+  /**
+   * Sets the delivery state of a pending entry and returns it; `NotFoundError` when there is
+   * no such entry, `VersionMismatchError` when it was already delivered (nothing changes).
+   */
+  settle: (key: OutboxKey, settlement: OutboxSettlement) => Promise<OutboxEntry>
+  /** The entry; `NotFoundError` when missing. */
+  get: (key: OutboxKey) => Promise<OutboxEntry>
+  /**
+   * Undelivered entries with `nextAttemptAt <= before`, the longest waiting first: by
+   * `nextAttemptAt`, then `createdAt`, then storage order.
+   */
+  due: (options: DueOutboxOptions) => Promise<OutboxEntry[]>
+  /** Every entry (of one queue, when given) in storage order, paged. */
+  list: (options?: ListOutboxOptions) => Promise<Page<OutboxEntry>>
+}
+
 /** One operation of a {@link Storage.commit} batch. */
 export type WriteOp =
   | { op: 'request.create'; record: RequestRecord }
@@ -241,12 +335,22 @@ export type WriteOp =
   | { op: 'counter.next'; queue: string }
   | { op: 'event.append'; row: EventRow }
   | { op: 'deadLetter.put'; letter: DeadLetter }
+  | { op: 'outbox.put'; entry: OutboxEntry }
+  | {
+      op: 'outbox.settle'
+      key: OutboxKey
+      attempts: number
+      nextAttemptAt: number
+      deliveredAt: number | null
+      lastError: string | null
+    }
 
 /**
  * The outcome of one op of a batch.
  * - `ok`: applied; `counter.next` carries the issued `value`.
  * - `already_exists`: a create or append collided; `fact.put` carries the stored `fact`.
- * - `version_mismatch`: an update found another version.
+ * - `version_mismatch`: an update found another version (`outbox.settle`: the entry was
+ *   already delivered).
  * - `not_found`: an update found no row.
  */
 export type WriteResult =
@@ -263,6 +367,7 @@ export interface Storage {
   readonly counters: CounterStore
   readonly events: EventStore
   readonly deadLetters: DeadLetterStore
+  readonly outbox: OutboxStore
   /**
    * The group-commit primitive: every op in one transaction, one result per op, in order.
    * A failed condition (`already_exists`, `version_mismatch`, `not_found`) does not roll

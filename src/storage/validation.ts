@@ -6,12 +6,18 @@
  */
 import { InvalidInputError } from './errors.js'
 import {
+  OUTBOX_KINDS,
   REQUEST_STATES,
   type DeadLetter,
+  type DueOutboxOptions,
   type EventRow,
   type Fact,
   type LastGreen,
+  type ListOutboxOptions,
   type ListRequestsOptions,
+  type OutboxEntry,
+  type OutboxKey,
+  type OutboxKind,
   type QueueRecord,
   type ReadEventsOptions,
   type RequestRecord,
@@ -24,6 +30,12 @@ import {
 export const QUEUE_NAME_PATTERN = /^[A-Za-z0-9._-]{1,128}$/
 /** Node ids of the event log: like queue names, plus `:`. */
 export const NODE_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/
+/** Hook names (the last part of an outbox key): like queue names. */
+export const HOOK_NAME_PATTERN = /^[A-Za-z0-9._-]{1,128}$/
+/** Largest serialized outbox payload, in bytes. */
+export const MAX_OUTBOX_PAYLOAD_BYTES = 64 * 1024
+/** Longest `lastError` of an outbox entry, in UTF-8 bytes. */
+export const MAX_OUTBOX_ERROR_BYTES = 4096
 /** Longest URI, in UTF-8 bytes. */
 export const MAX_URI_BYTES = 2048
 /** Longest project name, in UTF-8 bytes. */
@@ -42,6 +54,7 @@ const REQUEST_ID_PATTERN = /^request\/([A-Za-z0-9._-]{1,128})\/([1-9][0-9]{0,15}
 // eslint-disable-next-line no-control-regex -- the point is to find control characters
 const CONTROL_CHARS = /[\u0000-\u001f\u007f]/
 const STATE_SET: ReadonlySet<string> = new Set(REQUEST_STATES)
+const OUTBOX_KIND_SET: ReadonlySet<string> = new Set(OUTBOX_KINDS)
 
 function fail(message: string): never {
   throw new InvalidInputError(message)
@@ -348,6 +361,63 @@ export function prepareDeadLetter(input: unknown): PreparedDeadLetter {
   return { letter: { id, at: count(at, 'at'), error: { code, message }, attempts: count(attempts, 'attempts') }, opJson }
 }
 
+/** Validates the key of an outbox entry: queue, a request id of that queue, kind, hook name. */
+export function prepareOutboxKey(input: unknown): OutboxKey {
+  assertObject(input, 'outbox key')
+  const { queue, requestId, kind, hook } = input
+  assertQueueName(queue)
+  parseRequestId(requestId, queue)
+  if (typeof kind !== 'string' || !OUTBOX_KIND_SET.has(kind)) {
+    fail(`outbox kind must be one of ${OUTBOX_KINDS.join(', ')}, got ${describe(kind)}`)
+  }
+  if (typeof hook !== 'string' || !HOOK_NAME_PATTERN.test(hook)) {
+    fail(`hook name must match ${String(HOOK_NAME_PATTERN)}, got ${describe(hook)}`)
+  }
+  return { queue, requestId: requestId as string, kind: kind as OutboxKind, hook }
+}
+
+/** The delivery state of an outbox entry, validated. */
+export interface PreparedSettlement {
+  attempts: number
+  nextAttemptAt: number
+  deliveredAt: number | null
+  lastError: string | null
+}
+
+function prepareSettlement(input: Record<string, unknown>): PreparedSettlement {
+  const { attempts, nextAttemptAt, deliveredAt, lastError } = input
+  if (lastError !== null) {
+    if (typeof lastError !== 'string' || !lastError.isWellFormed() || Buffer.byteLength(lastError, 'utf8') > MAX_OUTBOX_ERROR_BYTES) {
+      fail(`lastError must be null or well-formed text of at most ${MAX_OUTBOX_ERROR_BYTES} bytes, got ${describe(lastError)}`)
+    }
+  }
+  return {
+    attempts: count(attempts, 'attempts'),
+    nextAttemptAt: count(nextAttemptAt, 'nextAttemptAt'),
+    deliveredAt: deliveredAt === null ? null : count(deliveredAt, 'deliveredAt'),
+    lastError,
+  }
+}
+
+/** A validated outbox entry: the payload carried only as JSON text. */
+export interface PreparedOutbox {
+  entry: Omit<OutboxEntry, 'payload'>
+  payloadJson: string
+}
+
+/** Validates an outbox entry and returns a detached copy. */
+export function prepareOutboxEntry(input: unknown): PreparedOutbox {
+  assertObject(input, 'outbox entry')
+  const key = prepareOutboxKey(input)
+  const { payload, createdAt } = input
+  assertObject(payload, 'outbox payload')
+  const payloadJson = toJsonText(payload, 'outbox payload')
+  if (payloadJson.length > MAX_OUTBOX_PAYLOAD_BYTES / 3 && Buffer.byteLength(payloadJson, 'utf8') > MAX_OUTBOX_PAYLOAD_BYTES) {
+    fail(`outbox payload must serialize to at most ${MAX_OUTBOX_PAYLOAD_BYTES} bytes`)
+  }
+  return { entry: { ...key, createdAt: count(createdAt, 'createdAt'), ...prepareSettlement(input) }, payloadJson }
+}
+
 /** A validated write op, with detached copies and pre-serialized JSON. */
 export type PreparedOp =
   | { op: 'request.create'; request: PreparedRequest }
@@ -359,6 +429,8 @@ export type PreparedOp =
   | { op: 'counter.next'; queue: string }
   | { op: 'event.append'; event: PreparedEvent }
   | { op: 'deadLetter.put'; deadLetter: PreparedDeadLetter }
+  | { op: 'outbox.put'; outbox: PreparedOutbox }
+  | { op: 'outbox.settle'; key: OutboxKey; settlement: PreparedSettlement }
 
 /** Validates one write op; throws {@link InvalidInputError} naming the rule. */
 export function prepareOp(input: WriteOp): PreparedOp {
@@ -390,6 +462,10 @@ export function prepareOp(input: WriteOp): PreparedOp {
       return { op: 'event.append', event: prepareEvent(op.row) }
     case 'deadLetter.put':
       return { op: 'deadLetter.put', deadLetter: prepareDeadLetter(op.letter) }
+    case 'outbox.put':
+      return { op: 'outbox.put', outbox: prepareOutboxEntry(op.entry) }
+    case 'outbox.settle':
+      return { op: 'outbox.settle', key: prepareOutboxKey(op.key), settlement: prepareSettlement(op) }
     default:
       return fail(`unknown write op ${describe(op.op)}`)
   }
@@ -471,4 +547,25 @@ export function prepareReadOptions(options: ReadEventsOptions | undefined): Prep
     fail(`limit must be an integer from 1 to ${MAX_EVENT_LIMIT}, got ${describe(limit)}`)
   }
   return { nodeId, fromSeq, fromId, limit }
+}
+
+/** Validates {@link DueOutboxOptions}. */
+export function prepareDueOptions(options: DueOutboxOptions | undefined): { before: number; limit: number } {
+  assertObject(options, 'due options')
+  const { before, limit = DEFAULT_PAGE_LIMIT } = options
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_PAGE_LIMIT) {
+    fail(`limit must be an integer from 1 to ${MAX_PAGE_LIMIT}, got ${describe(limit)}`)
+  }
+  return { before: count(before, 'before'), limit }
+}
+
+/** Validates {@link ListOutboxOptions}. Cursors are storage positions, as text. */
+export function prepareOutboxListOptions(options: ListOutboxOptions | undefined): {
+  queue: string | undefined
+  after: number
+  limit: number
+} {
+  const { queue } = options ?? {}
+  if (queue !== undefined) assertQueueName(queue)
+  return { queue, ...preparePage(options) }
 }

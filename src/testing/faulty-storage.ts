@@ -99,6 +99,13 @@ export function createFaultyStorage(inner: Storage, options: FaultOptions = {}):
     counters: { next: read(inner.counters.next) },
     events: { append: read(inner.events.append), read: read(inner.events.read), last: read(inner.events.last) },
     deadLetters: { put: read(inner.deadLetters.put), list: read(inner.deadLetters.list) },
+    outbox: {
+      put: read(inner.outbox.put),
+      settle: read(inner.outbox.settle),
+      get: read(inner.outbox.get),
+      due: read(inner.outbox.due),
+      list: read(inner.outbox.list),
+    },
     commit: async (ops) => {
       faultStats.commits++
       await delay()

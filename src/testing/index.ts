@@ -3,7 +3,7 @@
  * Stovepipe. Imports vitest.
  * @module
  */
-export { BAD_INPUTS, describeStorageContract, sampleFact, sampleQueue, sampleRequest } from './storage-contract.js'
+export { BAD_INPUTS, describeStorageContract, sampleFact, sampleOutbox, sampleQueue, sampleRequest } from './storage-contract.js'
 export type { StorageFixture } from './storage-contract.js'
 export { createFaultyStorage } from './faulty-storage.js'
 export type { FaultControls, FaultOptions, FaultStats, FaultyStorage } from './faulty-storage.js'

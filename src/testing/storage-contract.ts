@@ -19,7 +19,18 @@ import {
   VersionMismatchError,
   type StovepipeError,
 } from '../storage/errors.js'
-import type { DeadLetter, EventRow, Fact, QueueRecord, RequestRecord, Storage, WriteOp } from '../storage/types.js'
+import {
+  OUTBOX_NEVER,
+  type DeadLetter,
+  type EventRow,
+  type Fact,
+  type OutboxEntry,
+  type OutboxKey,
+  type QueueRecord,
+  type RequestRecord,
+  type Storage,
+  type WriteOp,
+} from '../storage/types.js'
 
 /** A fresh, empty storage plus the means to reopen and discard it. */
 export interface StorageFixture {
@@ -61,6 +72,33 @@ export function sampleQueue(name: string, overrides: Partial<QueueRecord> = {}):
 export function sampleFact(queue: string, n: number, overrides: Partial<Fact> = {}): Fact {
   return { queue, uri: `fake://${queue}/${n}`, project: '', degree: 0, requestId: `request/${queue}/${n}`, at: 2_000 + n, ...overrides }
 }
+
+/** An outbox entry for tests: the verdict of `request/<queue>/<n>` for hook `hook`, pending. */
+export function sampleOutbox(queue: string, n: number, overrides: Partial<OutboxEntry> = {}): OutboxEntry {
+  return {
+    queue,
+    requestId: `request/${queue}/${n}`,
+    kind: 'verdict',
+    hook: 'webhook',
+    payload: {
+      queue,
+      requestId: `request/${queue}/${n}`,
+      uri: `fake://${queue}/${n}`,
+      verdict: 'green',
+      degree: 0,
+      reason: null,
+      at: 3_000 + n,
+    },
+    createdAt: 3_000 + n,
+    attempts: 0,
+    nextAttemptAt: 3_000 + n,
+    deliveredAt: null,
+    lastError: null,
+    ...overrides,
+  }
+}
+
+const keyOf = (entry: OutboxEntry): OutboxKey => ({ queue: entry.queue, requestId: entry.requestId, kind: entry.kind, hook: entry.hook })
 
 const eventRow = (nodeId: string, seq: number, id: number): EventRow => ({
   kind: 'event',
@@ -149,6 +187,46 @@ export const BAD_INPUTS: readonly BadInput[] = [
     call: (s) => s.deadLetters.put({ id: 'w:1', at: 1, op: { f: () => 1 } as never, error: { code: 'X', message: '' }, attempts: 1 }),
   },
   { rule: 'a cursor this store never issued', call: (s) => s.requests.listByQueue('main', { cursor: 'abc' }) },
+  { rule: 'outbox entry of an unknown kind', call: (s) => s.outbox.put(sampleOutbox('main', 1, { kind: 'merged' as never })) },
+  { rule: 'outbox entry with a bad hook name', call: (s) => s.outbox.put(sampleOutbox('main', 1, { hook: 'web hook' })) },
+  { rule: 'outbox entry with an empty hook name', call: (s) => s.outbox.put(sampleOutbox('main', 1, { hook: '' })) },
+  {
+    rule: 'outbox entry for a request of another queue',
+    call: (s) => s.outbox.put(sampleOutbox('main', 1, { requestId: 'request/other/1' })),
+  },
+  { rule: 'outbox payload that is not an object', call: (s) => s.outbox.put(sampleOutbox('main', 1, { payload: [1] as never })) },
+  {
+    rule: 'outbox payload with undefined inside',
+    call: (s) => s.outbox.put(sampleOutbox('main', 1, { payload: { a: undefined } as never })),
+  },
+  {
+    rule: 'outbox payload over 64 KiB',
+    call: (s) => s.outbox.put(sampleOutbox('main', 1, { payload: { log: 'x'.repeat(64 * 1024) } })),
+  },
+  { rule: 'outbox entry with negative attempts', call: (s) => s.outbox.put(sampleOutbox('main', 1, { attempts: -1 })) },
+  { rule: 'outbox entry with a fractional deliveredAt', call: (s) => s.outbox.put(sampleOutbox('main', 1, { deliveredAt: 1.5 })) },
+  {
+    rule: 'outbox lastError over 4096 bytes',
+    call: (s) => s.outbox.put(sampleOutbox('main', 1, { lastError: 'é'.repeat(2049) })),
+  },
+  {
+    rule: 'outbox settle with a missing nextAttemptAt',
+    call: (s) =>
+      s.commit([{ op: 'outbox.settle', key: keyOf(sampleOutbox('main', 1)), attempts: 1, deliveredAt: null, lastError: null } as never]),
+  },
+  {
+    rule: 'outbox settle with a bad key',
+    call: (s) =>
+      s.outbox.settle(
+        { ...keyOf(sampleOutbox('main', 1)), queue: 'ma in' },
+        { attempts: 1, nextAttemptAt: 1, deliveredAt: null, lastError: null },
+      ),
+  },
+  { rule: 'outbox due with a negative time', call: (s) => s.outbox.due({ before: -1 }) },
+  { rule: 'outbox due with a limit of 0', call: (s) => s.outbox.due({ before: 1, limit: 0 }) },
+  { rule: 'outbox list with a bad queue name', call: (s) => s.outbox.list({ queue: 'a/b' }) },
+  { rule: 'outbox list with a cursor this store never issued', call: (s) => s.outbox.list({ cursor: '-1' }) },
+  { rule: 'outbox get with an unknown kind', call: (s) => s.outbox.get({ ...keyOf(sampleOutbox('main', 1)), kind: 'x' as never }) },
 ]
 
 /** Checks that none of the rows the bad inputs aimed at exist. */
@@ -157,6 +235,7 @@ async function expectNothingWritten(storage: Storage): Promise<void> {
   expect(await storage.queues.list()).toEqual([])
   expect(await storage.events.read()).toEqual([])
   expect((await storage.deadLetters.list()).items).toEqual([])
+  expect((await storage.outbox.list()).items).toEqual([])
   await expect(storage.facts.get('main', 'fake://main/1')).rejects.toBeInstanceOf(NotFoundError)
   await expect(storage.requestUris.getIdByUri('main', 'fake://1')).rejects.toBeInstanceOf(NotFoundError)
   expect(await storage.counters.next('main')).toBe(1)
@@ -416,6 +495,115 @@ export function describeStorageContract(name: string, openFresh: () => Promise<S
       })
     })
 
+    describe('outbox', () => {
+      it('puts and gets an entry as plain JSON; the first writer wins', async () => {
+        const entry = sampleOutbox('main', 1, { payload: { nested: { list: [1, 2.5, null, true], note: 'é 🚀' } } })
+        expect(await storage.outbox.put(entry)).toEqual({ written: true, entry })
+        const got = await storage.outbox.get(keyOf(entry))
+        expect(got).toEqual(entry)
+        expect(JSON.parse(JSON.stringify(got))).toEqual(got)
+        const again = await storage.outbox.put({ ...entry, payload: { other: 1 }, createdAt: 9, attempts: 4 })
+        expect(again).toEqual({ written: false, entry })
+        expect(await storage.outbox.get(keyOf(entry))).toEqual(entry)
+        await expect(storage.outbox.get({ ...keyOf(entry), hook: 'other' })).rejects.toBeInstanceOf(NotFoundError)
+      })
+
+      it('keeps one entry per (queue, requestId, kind, hook)', async () => {
+        const base = sampleOutbox('main', 1)
+        const variants = [
+          base,
+          sampleOutbox('main', 1, { hook: 'slack' }),
+          sampleOutbox('main', 1, { kind: 'lastGreen' }),
+          sampleOutbox('main', 2),
+          sampleOutbox('other', 1),
+        ]
+        for (const entry of variants) expect((await storage.outbox.put(entry)).written).toBe(true)
+        for (const entry of variants) expect(await storage.outbox.get(keyOf(entry))).toEqual(entry)
+        expect((await storage.outbox.list()).items).toEqual(variants)
+      })
+
+      it('settles a pending entry: a failure moves it on, a delivery ends it', async () => {
+        const entry = sampleOutbox('main', 1)
+        await storage.outbox.put(entry)
+        const failed = { attempts: 1, nextAttemptAt: 5_000, deliveredAt: null, lastError: 'HTTP 500 é' }
+        expect(await storage.outbox.settle(keyOf(entry), failed)).toEqual({ ...entry, ...failed })
+        const delivered = { attempts: 2, nextAttemptAt: 5_000, deliveredAt: 5_001, lastError: null }
+        expect(await storage.outbox.settle(keyOf(entry), delivered)).toEqual({ ...entry, ...delivered })
+        const error = await rejection(storage.outbox.settle(keyOf(entry), failed))
+        expect(error).toBeInstanceOf(VersionMismatchError)
+        expect(await storage.outbox.get(keyOf(entry))).toEqual({ ...entry, ...delivered })
+        await expect(storage.outbox.settle(keyOf(sampleOutbox('main', 9)), failed)).rejects.toBeInstanceOf(NotFoundError)
+      })
+
+      it('lists due entries: undelivered, due by the given time, longest waiting first, limited', async () => {
+        const a = sampleOutbox('main', 1, { nextAttemptAt: 300, createdAt: 10 })
+        const b = sampleOutbox('main', 2, { nextAttemptAt: 100, createdAt: 30 })
+        const c = sampleOutbox('main', 3, { nextAttemptAt: 300, createdAt: 5 })
+        const d = sampleOutbox('other', 4, { nextAttemptAt: 300, createdAt: 5, hook: 'z' })
+        const later = sampleOutbox('main', 5, { nextAttemptAt: 1_000 })
+        const delivered = sampleOutbox('main', 6, { nextAttemptAt: 0, deliveredAt: 7 })
+        const givenUp = sampleOutbox('main', 7, { nextAttemptAt: OUTBOX_NEVER, attempts: 9, lastError: 'gave up' })
+        for (const entry of [a, b, c, d, later, delivered, givenUp]) await storage.outbox.put(entry)
+        expect(await storage.outbox.due({ before: 300 })).toEqual([b, c, d, a])
+        expect(await storage.outbox.due({ before: 300, limit: 2 })).toEqual([b, c])
+        expect(await storage.outbox.due({ before: 99 })).toEqual([])
+        expect(await storage.outbox.due({ before: OUTBOX_NEVER - 1 })).toEqual([b, c, d, a, later])
+        expect(await storage.outbox.due({ before: OUTBOX_NEVER })).toEqual([b, c, d, a, later, givenUp])
+        await storage.outbox.settle(keyOf(b), { attempts: 1, nextAttemptAt: 400, deliveredAt: null, lastError: 'down' })
+        await storage.outbox.settle(keyOf(c), { attempts: 1, nextAttemptAt: 300, deliveredAt: 350, lastError: null })
+        expect((await storage.outbox.due({ before: 500 })).map((e) => e.requestId)).toEqual([d, a, b].map((e) => e.requestId))
+      })
+
+      it('lists entries in storage order, by queue, paged', async () => {
+        const entries = [
+          sampleOutbox('main', 3),
+          sampleOutbox('other', 1),
+          sampleOutbox('main', 1),
+          sampleOutbox('main', 2, { kind: 'lastGreen' }),
+        ]
+        for (const entry of entries) await storage.outbox.put(entry)
+        expect((await storage.outbox.list()).items).toEqual(entries)
+        expect((await storage.outbox.list({ queue: 'main' })).items).toEqual([entries[0], entries[2], entries[3]])
+        const seen: OutboxEntry[] = []
+        let cursor: string | undefined
+        do {
+          const page = await storage.outbox.list({ queue: 'main', limit: 2, ...(cursor === undefined ? {} : { cursor }) })
+          expect(page.items.length).toBeLessThanOrEqual(2)
+          seen.push(...page.items)
+          cursor = page.nextCursor
+        } while (cursor !== undefined)
+        expect(seen).toEqual([entries[0], entries[2], entries[3]])
+        expect((await storage.outbox.list({ queue: 'empty' })).items).toEqual([])
+      })
+
+      it('commits puts and settles with the other ops, each reporting its own outcome', async () => {
+        const entry = sampleOutbox('main', 1)
+        await storage.outbox.put(sampleOutbox('main', 2, { deliveredAt: 5 }))
+        const settle = { attempts: 1, nextAttemptAt: 9_000, deliveredAt: null, lastError: 'refused' }
+        const results = await storage.commit([
+          { op: 'fact.put', fact: sampleFact('main', 1) },
+          { op: 'outbox.put', entry },
+          { op: 'outbox.put', entry: { ...entry, payload: {} } },
+          { op: 'outbox.settle', key: keyOf(entry), ...settle },
+          { op: 'outbox.settle', key: keyOf(sampleOutbox('main', 2)), ...settle },
+          { op: 'outbox.settle', key: keyOf(sampleOutbox('main', 3)), ...settle },
+          { op: 'request.create', record: sampleRequest('main', 1) },
+        ])
+        expect(results).toEqual([
+          { status: 'ok' },
+          { status: 'ok' },
+          { status: 'already_exists' },
+          { status: 'ok' },
+          { status: 'version_mismatch' },
+          { status: 'not_found' },
+          { status: 'ok' },
+        ])
+        expect(await storage.outbox.get(keyOf(entry))).toEqual({ ...entry, ...settle })
+        expect((await storage.outbox.get(keyOf(sampleOutbox('main', 2)))).deliveredAt).toBe(5)
+        await expect(storage.outbox.get(keyOf(sampleOutbox('main', 3)))).rejects.toBeInstanceOf(NotFoundError)
+      })
+    })
+
     describe('commit', () => {
       it('reports each op and keeps the ops whose conditions held, in one transaction', async () => {
         await storage.requests.create(sampleRequest('main', 1))
@@ -499,6 +687,10 @@ export function describeStorageContract(name: string, openFresh: () => Promise<S
           attempts: 2,
         }
         await storage.deadLetters.put(letter)
+        const pending = sampleOutbox('main', 1, { kind: 'lastGreen', payload: { previous: null, n: [1] } })
+        const delivered = sampleOutbox('main', 1, { attempts: 3, deliveredAt: 4_000, nextAttemptAt: 3_500 })
+        await storage.outbox.put(pending)
+        await storage.outbox.put(delivered)
         expect(await storage.counters.next('main')).toBe(1)
         expect(await storage.counters.next('main')).toBe(2)
         await storage.close()
@@ -509,6 +701,8 @@ export function describeStorageContract(name: string, openFresh: () => Promise<S
         expect(await reopened.facts.get('main', 'fake://main/1')).toEqual(sampleFact('main', 1))
         expect(await reopened.events.read()).toEqual([eventRow('node-a', 0, 0), gapRow('node-a', 1, 1, 2)])
         expect((await reopened.deadLetters.list()).items).toEqual([letter])
+        expect((await reopened.outbox.list()).items).toEqual([pending, delivered])
+        expect(await reopened.outbox.due({ before: OUTBOX_NEVER - 1 })).toEqual([pending])
         expect(await reopened.counters.next('main')).toBe(3)
         expect(await reopened.migrate()).toEqual([])
       })

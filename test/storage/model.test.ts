@@ -6,10 +6,14 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import {
+  OUTBOX_NEVER,
   StovepipeError,
   type EventRow,
   type Fact,
   type Json,
+  type OutboxEntry,
+  type OutboxKey,
+  type OutboxSettlement,
   type QueueRecord,
   type RequestRecord,
   type RequestState,
@@ -130,7 +134,49 @@ const deadLetter = fc
   })
   .map(({ n, code, ...rest }) => ({ id: `w:${n}`, error: { code, message: `failed ${n}` }, ...rest }))
 
+// Few keys and close times, so puts collide and due() orders ties.
+const outboxKey = fc
+  .record({
+    queue: queueName,
+    n: fc.integer({ min: 1, max: 3 }),
+    kind: fc.constantFrom('verdict' as const, 'lastGreen' as const),
+    hook: fc.constantFrom('h1', 'h.2'),
+  })
+  .map(({ queue, n, ...rest }): OutboxKey => ({ queue, requestId: `request/${queue}/${n}`, ...rest }))
+const smallTime = fc.integer({ min: 0, max: 2 })
+const settlement: fc.Arbitrary<OutboxSettlement> = fc.record({
+  attempts: fc.nat(4),
+  nextAttemptAt: fc.oneof({ arbitrary: smallTime, weight: 5 }, { arbitrary: fc.constant(OUTBOX_NEVER), weight: 1 }),
+  deliveredAt: fc.oneof({ arbitrary: fc.constant(null), weight: 4 }, { arbitrary: smallTime, weight: 1 }),
+  lastError: fc.option(fc.constantFrom('HTTP 500', 'é 🚀', ''), { nil: null }),
+})
+const outboxEntry = fc
+  .record({
+    key: outboxKey,
+    payload: fc.record({ verdict: fc.constantFrom('green', 'red'), note: jsonValue(1) }),
+    createdAt: fc.integer({ min: 0, max: 1 }),
+    state: settlement,
+  })
+  .map(({ key, payload, createdAt, state }): OutboxEntry => ({ ...key, payload, createdAt, ...state }))
+
+async function listOutbox(storage: Storage, queue: string | undefined, limit: number): Promise<unknown> {
+  const pages: unknown[] = []
+  let cursor: string | undefined
+  do {
+    const page = await storage.outbox.list({
+      limit,
+      ...(queue === undefined ? {} : { queue }),
+      ...(cursor === undefined ? {} : { cursor }),
+    })
+    pages.push(page.items)
+    cursor = page.nextCursor
+  } while (cursor !== undefined && pages.length < 20)
+  return pages
+}
+
 const writeOp: fc.Arbitrary<WriteOp> = fc.oneof(
+  outboxEntry.map((entry): WriteOp => ({ op: 'outbox.put', entry })),
+  fc.tuple(outboxKey, settlement).map(([key, state]): WriteOp => ({ op: 'outbox.settle', key, ...state })),
   deadLetter.map((letter): WriteOp => ({ op: 'deadLetter.put', letter })),
   request.map((record): WriteOp => ({ op: 'request.create', record })),
   fc
@@ -174,6 +220,23 @@ async function listLetters(storage: Storage, limit: number): Promise<unknown> {
 
 const show = (value: unknown): string => JSON.stringify(value)
 
+const outboxPut = outboxEntry.map((e) => new Call(`outbox.put(${show(e)})`, (s) => s.outbox.put(e)))
+const outboxDue = fc
+  .record({ before: fc.oneof(smallTime, fc.constant(OUTBOX_NEVER)), limit: fc.integer({ min: 1, max: 4 }) })
+  .map((o) => new Call(`outbox.due(${show(o)})`, (s) => s.outbox.due(o)))
+
+const outboxPutOp = outboxEntry.map((entry): WriteOp => ({ op: 'outbox.put', entry }))
+const outboxSettleOp = fc.tuple(outboxKey, settlement).map(([key, state]): WriteOp => ({ op: 'outbox.settle', key, ...state }))
+const outboxCalls = [
+  outboxPut,
+  outboxDue,
+  fc.tuple(outboxKey, settlement).map(([k, st]) => new Call(`outbox.settle(${show(k)}, ${show(st)})`, (s) => s.outbox.settle(k, st))),
+  outboxKey.map((k) => new Call(`outbox.get(${show(k)})`, (s) => s.outbox.get(k))),
+  fc
+    .tuple(fc.option(queueName, { nil: undefined }), fc.integer({ min: 1, max: 3 }))
+    .map(([q, limit]) => new Call(`outbox.list(${q ?? '*'}, ${limit})`, (s) => listOutbox(s, q, limit))),
+]
+
 const commands = [
   request.map((r) => new Call(`requests.create(${show(r)})`, (s) => s.requests.create(r))),
   fc.tuple(request, versions).map(([r, [o, n]]) => new Call(`requests.update(${show(r)}, ${o}, ${n})`, (s) => s.requests.update(r, o, n))),
@@ -214,13 +277,27 @@ const commands = [
   fc.array(writeOp, { minLength: 1, maxLength: 8 }).map((ops) => new Call(`commit(${show(ops)})`, (s) => s.commit(ops))),
   deadLetter.map((l) => new Call(`deadLetters.put(${show(l)})`, (s) => s.deadLetters.put(l))),
   fc.integer({ min: 1, max: 3 }).map((limit) => new Call(`deadLetters.list(${limit})`, (s) => listLetters(s, limit))),
+  ...outboxCalls,
   fc.constant(new Reopen()),
 ]
 
-function modelTest(name: string, open: () => Promise<StorageFixture>, numRuns: number): void {
-  it(`${name} behaves exactly like the memory model over random call sequences`, async () => {
+/** The outbox alone, so its calls meet often enough to order ties in due(). */
+const outboxCommands = [
+  outboxPut,
+  outboxPut,
+  outboxDue,
+  fc
+    .array(fc.oneof(outboxPutOp, outboxSettleOp), { minLength: 1, maxLength: 4 })
+    .map((ops) => new Call(`commit(${show(ops)})`, (s) => s.commit(ops))),
+  ...outboxCalls,
+  fc.constant(new Reopen()),
+]
+
+function modelTest(name: string, open: () => Promise<StorageFixture>, numRuns: number, only?: 'outbox'): void {
+  const what = only === undefined ? 'random call sequences' : `random ${only} call sequences`
+  it(`${name} behaves exactly like the memory model over ${what}`, async () => {
     await fc.assert(
-      fc.asyncProperty(fc.commands(commands, { maxCommands: 40 }), async (cmds) => {
+      fc.asyncProperty(fc.commands(only === undefined ? commands : outboxCommands, { maxCommands: 40 }), async (cmds) => {
         const model = await openMemoryFixture()
         const real = await open()
         try {
@@ -240,8 +317,10 @@ function modelTest(name: string, open: () => Promise<StorageFixture>, numRuns: n
 
 describe('storage model test', () => {
   modelTest('sqlite', () => openSqliteFixture(), 100)
+  modelTest('sqlite', () => openSqliteFixture(), 60, 'outbox')
 })
 
 describeMysql('storage model test (mysql)', () => {
   modelTest('mysql', openMysqlFixture, 40)
+  modelTest('mysql', openMysqlFixture, 20, 'outbox')
 })

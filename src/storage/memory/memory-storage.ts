@@ -5,15 +5,27 @@
  *
  * @module
  */
-import { applyOp, type TableView } from '../apply.js'
+import { applyOp, outboxKeyText, type TableView } from '../apply.js'
 import { createStorageFacade, type StorageBackend } from '../facade.js'
-import { deadLetterOf, eventOf, queueOf, requestOf } from '../rows.js'
-import type { DeadLetter, EventRow, Fact, QueueRecord, RequestRecord, RequestUriMapping, Storage, WriteResult } from '../types.js'
+import { deadLetterOf, eventOf, outboxOf, queueOf, requestOf } from '../rows.js'
+import type {
+  DeadLetter,
+  EventRow,
+  Fact,
+  OutboxEntry,
+  OutboxKey,
+  QueueRecord,
+  RequestRecord,
+  RequestUriMapping,
+  Storage,
+  WriteResult,
+} from '../types.js'
 import type {
   PreparedDeadLetter,
   PreparedEvent,
   PreparedListOptions,
   PreparedOp,
+  PreparedOutbox,
   PreparedQueue,
   PreparedReadOptions,
   PreparedRequest,
@@ -41,6 +53,10 @@ interface MemoryTables {
   /** Dead letters by id, and in storage order. */
   deadLetterIds: Set<string>
   deadLetters: PreparedDeadLetter[]
+  /** Outbox entries in storage order (position = index + 1), their index by key, and the undelivered ones. */
+  outbox: PreparedOutbox[]
+  outboxIndex: Map<string, number>
+  outboxPending: Set<number>
 }
 
 /** Options of {@link createMemoryStorage}. */
@@ -62,6 +78,9 @@ export function createMemoryDatabase(): MemoryDatabase {
       events: new Map(),
       deadLetterIds: new Set(),
       deadLetters: [],
+      outbox: [],
+      outboxIndex: new Map(),
+      outboxPending: new Set(),
     },
   }
 }
@@ -101,6 +120,7 @@ class Overlay implements TableView {
   readonly counters = new Map<string, number>()
   readonly events = new Map<string, PreparedEvent>()
   readonly deadLetters = new Map<string, PreparedDeadLetter>()
+  readonly outbox = new Map<string, PreparedOutbox>()
 
   constructor(private readonly tables: MemoryTables) {}
 
@@ -152,6 +172,17 @@ class Overlay implements TableView {
     this.deadLetters.set(letter.letter.id, letter)
   }
 
+  getOutbox(key: OutboxKey): PreparedOutbox | undefined {
+    const text = outboxKeyText(key)
+    const written = this.outbox.get(text)
+    if (written !== undefined) return written
+    const index = this.tables.outboxIndex.get(text)
+    return index === undefined ? undefined : this.tables.outbox[index]
+  }
+  putOutbox(entry: PreparedOutbox): void {
+    this.outbox.set(outboxKeyText(entry.entry), entry)
+  }
+
   /** Makes the transaction's writes visible. */
   merge(): void {
     const t = this.tables
@@ -175,6 +206,16 @@ class Overlay implements TableView {
     for (const [id, letter] of this.deadLetters) {
       t.deadLetterIds.add(id)
       t.deadLetters.push(letter)
+    }
+    for (const [key, entry] of this.outbox) {
+      let index = t.outboxIndex.get(key)
+      if (index === undefined) {
+        index = t.outbox.length
+        t.outboxIndex.set(key, index)
+      }
+      t.outbox[index] = entry
+      if (entry.entry.deliveredAt === null) t.outboxPending.add(index)
+      else t.outboxPending.delete(index)
     }
   }
 }
@@ -265,6 +306,34 @@ class MemoryBackend implements StorageBackend {
     // Positions are 1-based indexes into the append-only list.
     const slice = this.tables.deadLetters.slice(after, after + limit)
     return Promise.resolve(slice.map((letter, i) => ({ position: after + i + 1, letter: deadLetterOf(letter) })))
+  }
+
+  getOutbox(key: OutboxKey): Promise<OutboxEntry | undefined> {
+    const index = this.tables.outboxIndex.get(outboxKeyText(key))
+    const entry = index === undefined ? undefined : this.tables.outbox[index]
+    return Promise.resolve(entry === undefined ? undefined : outboxOf(entry))
+  }
+
+  dueOutbox(before: number, limit: number): Promise<OutboxEntry[]> {
+    const due: { index: number; entry: PreparedOutbox }[] = []
+    for (const index of this.tables.outboxPending) {
+      const entry = this.tables.outbox[index]
+      if (entry !== undefined && entry.entry.nextAttemptAt <= before) due.push({ index, entry })
+    }
+    due.sort(
+      (a, b) =>
+        a.entry.entry.nextAttemptAt - b.entry.entry.nextAttemptAt || a.entry.entry.createdAt - b.entry.entry.createdAt || a.index - b.index,
+    )
+    return Promise.resolve(due.slice(0, limit).map(({ entry }) => outboxOf(entry)))
+  }
+
+  listOutbox(queue: string | undefined, after: number, limit: number): Promise<{ position: number; entry: OutboxEntry }[]> {
+    const out: { position: number; entry: OutboxEntry }[] = []
+    for (let i = after; i < this.tables.outbox.length && out.length < limit; i++) {
+      const entry = this.tables.outbox[i]
+      if (entry !== undefined && (queue === undefined || entry.entry.queue === queue)) out.push({ position: i + 1, entry: outboxOf(entry) })
+    }
+    return Promise.resolve(out)
   }
 
   migrate(): Promise<number[]> {

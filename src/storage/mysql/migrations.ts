@@ -98,4 +98,27 @@ export const MYSQL_MIGRATIONS: readonly MysqlMigration[] = [
       ) ${TABLE}`,
     ],
   },
+  {
+    version: 3,
+    name: 'hook outbox',
+    statements: [
+      `CREATE TABLE IF NOT EXISTS outbox (
+        n BIGINT NOT NULL AUTO_INCREMENT,
+        queue VARCHAR(128) ${ASCII} NOT NULL,
+        request_id VARCHAR(160) ${ASCII} NOT NULL,
+        kind VARCHAR(16) ${ASCII} NOT NULL,
+        hook VARCHAR(128) ${ASCII} NOT NULL,
+        payload MEDIUMTEXT ${TEXT} NOT NULL,
+        created_at BIGINT NOT NULL,
+        attempts BIGINT NOT NULL,
+        next_attempt_at BIGINT NOT NULL,
+        delivered_at BIGINT NULL,
+        last_error TEXT ${TEXT} NULL,
+        PRIMARY KEY (n),
+        UNIQUE KEY outbox_by_key (queue, request_id, kind, hook),
+        KEY outbox_due (delivered_at, next_attempt_at, created_at, n),
+        KEY outbox_by_queue (queue, n)
+      ) ${TABLE}`,
+    ],
+  },
 ]

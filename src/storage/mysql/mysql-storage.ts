@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto'
 import mysql, { type Pool, type PoolConnection, type PoolOptions, type RowDataPacket } from 'mysql2/promise'
-import { applyOp, type TableView } from '../apply.js'
+import { applyOp, outboxKeyText, type TableView } from '../apply.js'
 import {
   AlreadyExistsError,
   InvalidInputError,
@@ -25,6 +25,11 @@ import {
   DEAD_LETTER_COLUMNS,
   EVENT_COLUMNS,
   FACT_COLUMNS,
+  OUTBOX_COLUMNS,
+  outboxValues,
+  preparedOutboxOf,
+  toOutbox,
+  type OutboxRow,
   QUEUE_COLUMNS,
   REQUEST_COLUMNS,
   toDeadLetter,
@@ -38,13 +43,25 @@ import {
   type QueueRow,
   type RequestRow,
 } from '../rows.js'
-import type { DeadLetter, EventRow, Fact, QueueRecord, RequestRecord, RequestUriMapping, Storage, WriteResult } from '../types.js'
+import type {
+  DeadLetter,
+  EventRow,
+  Fact,
+  OutboxEntry,
+  OutboxKey,
+  QueueRecord,
+  RequestRecord,
+  RequestUriMapping,
+  Storage,
+  WriteResult,
+} from '../types.js'
 import {
   parseRequestId,
   type PreparedDeadLetter,
   type PreparedEvent,
   type PreparedListOptions,
   type PreparedOp,
+  type PreparedOutbox,
   type PreparedQueue,
   type PreparedReadOptions,
   type PreparedRequest,
@@ -114,6 +131,10 @@ const text = (value: unknown): string => (Buffer.isBuffer(value) ? value.toStrin
 function requestRow(raw: RowDataPacket): RequestRow {
   return { ...(raw as unknown as RequestRow), uri: text(raw.uri) }
 }
+function outboxRow(raw: RowDataPacket): OutboxRow {
+  const row = raw as unknown as OutboxRow
+  return { ...row, payload: text(row.payload), last_error: row.last_error === null ? null : text(row.last_error) }
+}
 function factRow(raw: RowDataPacket): FactRow {
   return { ...(raw as unknown as FactRow), uri: text(raw.uri), project: text(raw.project) }
 }
@@ -151,6 +172,9 @@ class LoadedView implements TableView {
   readonly counters = new Rows<number>()
   readonly events = new Rows<PreparedEvent>()
   readonly deadLetters = new Rows<PreparedDeadLetter>()
+  readonly outbox = new Rows<PreparedOutbox>()
+  /** Storage positions (`n`) of the outbox rows loaded, to update them in place. */
+  readonly outboxPositions = new Map<string, number>()
 
   getRequest(id: string): PreparedRequest | undefined {
     return this.requests.get(requestKey(id))
@@ -194,6 +218,12 @@ class LoadedView implements TableView {
   putDeadLetter(letter: PreparedDeadLetter): void {
     this.deadLetters.put(letter.letter.id, letter)
   }
+  getOutbox(key: OutboxKey): PreparedOutbox | undefined {
+    return this.outbox.get(outboxKeyText(key))
+  }
+  putOutbox(entry: PreparedOutbox): void {
+    this.outbox.put(outboxKeyText(entry.entry), entry)
+  }
 }
 
 /** Splits rows into statements of bounded count and size. */
@@ -232,6 +262,11 @@ const queueValues = (q: PreparedQueue): unknown[] => {
 const factValues = (f: Fact): unknown[] => [f.queue, f.uri, f.project, f.degree, f.requestId, f.at]
 const eventValues = (e: PreparedEvent): unknown[] => [e.nodeId, e.seq, e.kind, e.firstId, e.lastId, e.at, e.payloadJson]
 
+const INSERT_OUTBOX =
+  'INSERT INTO outbox (queue, request_id, kind, hook, payload, created_at, attempts, next_attempt_at, delivered_at, last_error) VALUES ?'
+const UPSERT_OUTBOX = `INSERT INTO outbox (n, queue, request_id, kind, hook, payload, created_at, attempts, next_attempt_at, delivered_at, last_error)
+  VALUES ? ON DUPLICATE KEY UPDATE attempts = VALUES(attempts), next_attempt_at = VALUES(next_attempt_at),
+  delivered_at = VALUES(delivered_at), last_error = VALUES(last_error)`
 const INSERT_REQUESTS = 'INSERT INTO requests (id, queue, n, uri, state, version, created_at, updated_at, data) VALUES ?'
 const INSERT_QUEUES = 'INSERT INTO queues (name, version, config, last_green, snapshot, created_at, updated_at) VALUES ?'
 
@@ -315,6 +350,7 @@ class MysqlBackend implements StorageBackend {
     const counters = new Set<string>()
     const events = new Map<string, Set<number>>()
     const deadLetters = new Set<string>()
+    const outboxKeys = new Map<string, OutboxKey>()
     for (const op of ops) {
       switch (op.op) {
         case 'request.create':
@@ -340,6 +376,12 @@ class MysqlBackend implements StorageBackend {
           break
         case 'deadLetter.put':
           if (!optimistic) deadLetters.add(op.deadLetter.letter.id)
+          break
+        case 'outbox.put':
+          if (!optimistic) outboxKeys.set(outboxKeyText(op.outbox.entry), op.outbox.entry)
+          break
+        case 'outbox.settle':
+          outboxKeys.set(outboxKeyText(op.key), op.key)
           break
         case 'event.append': {
           if (optimistic) break
@@ -412,6 +454,20 @@ class MysqlBackend implements StorageBackend {
         }
       }
     }
+    for (const keys of slices([...outboxKeys.values()], 250)) {
+      const where = keys.map(() => '(queue = ? AND request_id = ? AND kind = ? AND hook = ?)').join(' OR ')
+      const rows = await select(
+        `SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE ${where} FOR UPDATE`,
+        keys.flatMap((k) => [k.queue, k.requestId, k.kind, k.hook]),
+      )
+      for (const raw of rows) {
+        const row = outboxRow(raw)
+        const prepared = preparedOutboxOf(row)
+        const key = outboxKeyText(prepared.entry)
+        view.outbox.loaded.set(key, prepared)
+        view.outboxPositions.set(key, row.n)
+      }
+    }
     for (const ids of slices([...deadLetters], MAX_ROWS_PER_STATEMENT)) {
       for (const raw of await select('SELECT id FROM dead_letters WHERE id IN (?) FOR UPDATE', [ids])) {
         // Only existence matters; a placeholder marks the letter as present.
@@ -453,6 +509,11 @@ class MysqlBackend implements StorageBackend {
     await exec(
       'INSERT INTO dead_letters (id, at, op, error_code, error_message, attempts) VALUES ?',
       view.deadLetters.created().map(({ letter: l, opJson }) => [l.id, l.at, opJson, l.error.code, l.error.message, l.attempts]),
+    )
+    await exec(INSERT_OUTBOX, view.outbox.created().map(outboxValues))
+    await exec(
+      UPSERT_OUTBOX,
+      view.outbox.changed().map((entry) => [view.outboxPositions.get(outboxKeyText(entry.entry)) ?? null, ...outboxValues(entry)]),
     )
   }
 
@@ -548,6 +609,42 @@ class MysqlBackend implements StorageBackend {
       return rows.map((raw) => {
         const row = raw as unknown as DeadLetterRow
         return { position: row.n, letter: toDeadLetter(row) }
+      })
+    })
+  }
+
+  getOutbox(key: OutboxKey): Promise<OutboxEntry | undefined> {
+    return this.run(async () => {
+      const [raw] = await this.rows(`SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE queue = ? AND request_id = ? AND kind = ? AND hook = ?`, [
+        key.queue,
+        key.requestId,
+        key.kind,
+        key.hook,
+      ])
+      return raw === undefined ? undefined : toOutbox(outboxRow(raw))
+    })
+  }
+
+  dueOutbox(before: number, limit: number): Promise<OutboxEntry[]> {
+    return this.run(async () => {
+      const rows = await this.rows(
+        `SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?
+         ORDER BY next_attempt_at, created_at, n LIMIT ?`,
+        [before, limit],
+      )
+      return rows.map((raw) => toOutbox(outboxRow(raw)))
+    })
+  }
+
+  listOutbox(queue: string | undefined, after: number, limit: number): Promise<{ position: number; entry: OutboxEntry }[]> {
+    return this.run(async () => {
+      const rows =
+        queue === undefined
+          ? await this.rows(`SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE n > ? ORDER BY n LIMIT ?`, [after, limit])
+          : await this.rows(`SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE queue = ? AND n > ? ORDER BY n LIMIT ?`, [queue, after, limit])
+      return rows.map((raw) => {
+        const row = outboxRow(raw)
+        return { position: row.n, entry: toOutbox(row) }
       })
     })
   }

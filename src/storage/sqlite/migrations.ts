@@ -88,4 +88,26 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 3,
+    name: 'hook outbox',
+    sql: `
+      CREATE TABLE outbox (
+        n INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        hook TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at INTEGER NOT NULL,
+        delivered_at INTEGER,
+        last_error TEXT,
+        UNIQUE (queue, request_id, kind, hook)
+      );
+      CREATE INDEX outbox_due ON outbox (next_attempt_at, created_at, n) WHERE delivered_at IS NULL;
+      CREATE INDEX outbox_by_queue ON outbox (queue, n);
+    `,
+  },
 ]

@@ -18,6 +18,10 @@ import {
   DEAD_LETTER_COLUMNS,
   EVENT_COLUMNS,
   FACT_COLUMNS,
+  OUTBOX_COLUMNS,
+  outboxValues,
+  toOutbox,
+  type OutboxRow,
   QUEUE_COLUMNS,
   REQUEST_COLUMNS,
   toDeadLetter,
@@ -31,7 +35,7 @@ import {
   type QueueRow,
   type RequestRow,
 } from '../rows.js'
-import type { DeadLetter, EventRow, Fact, QueueRecord, RequestRecord, Storage, WriteResult } from '../types.js'
+import type { DeadLetter, EventRow, Fact, OutboxEntry, OutboxKey, QueueRecord, RequestRecord, Storage, WriteResult } from '../types.js'
 import type { PreparedListOptions, PreparedOp, PreparedReadOptions } from '../validation.js'
 import { SQLITE_MIGRATIONS, type Migration } from './migrations.js'
 
@@ -131,6 +135,25 @@ function prepareStatements(db: Db) {
       `SELECT ${EVENT_COLUMNS} FROM events WHERE seq >= ? AND last_id >= ? ORDER BY node_id, seq LIMIT ?`,
     ),
     lastEvent: db.prepare<[string], EventDbRow>(`SELECT ${EVENT_COLUMNS} FROM events WHERE node_id = ? ORDER BY seq DESC LIMIT 1`),
+    insertOutbox: db.prepare<Value[]>(
+      `INSERT INTO outbox (queue, request_id, kind, hook, payload, created_at, attempts, next_attempt_at, delivered_at, last_error)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+    ),
+    settleOutbox: db.prepare<Value[]>(
+      `UPDATE outbox SET attempts = ?, next_attempt_at = ?, delivered_at = ?, last_error = ?
+       WHERE queue = ? AND request_id = ? AND kind = ? AND hook = ? AND delivered_at IS NULL`,
+    ),
+    getOutbox: db.prepare<[string, string, string, string], OutboxRow>(
+      `SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE queue = ? AND request_id = ? AND kind = ? AND hook = ?`,
+    ),
+    dueOutbox: db.prepare<[number, number], OutboxRow>(
+      `SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?
+       ORDER BY next_attempt_at, created_at, n LIMIT ?`,
+    ),
+    listOutbox: db.prepare<[number, number], OutboxRow>(`SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE n > ? ORDER BY n LIMIT ?`),
+    listQueueOutbox: db.prepare<[string, number, number], OutboxRow>(
+      `SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE queue = ? AND n > ? ORDER BY n LIMIT ?`,
+    ),
   }
 }
 
@@ -221,6 +244,25 @@ class SqliteBackend implements StorageBackend {
         const { changes } = sql.insertDeadLetter.run(l.id, l.at, opJson, l.error.code, l.error.message, l.attempts)
         return changes === 1 ? OK : EXISTS
       }
+      case 'outbox.put':
+        return sql.insertOutbox.run(...outboxValues(op.outbox)).changes === 1 ? OK : EXISTS
+      case 'outbox.settle': {
+        const { key: k, settlement: s } = op
+        const { changes } = sql.settleOutbox.run(
+          s.attempts,
+          s.nextAttemptAt,
+          s.deliveredAt,
+          s.lastError,
+          k.queue,
+          k.requestId,
+          k.kind,
+          k.hook,
+        )
+        if (changes === 1) return OK
+        return sql.getOutbox.get(k.queue, k.requestId, k.kind, k.hook) === undefined
+          ? { status: 'not_found' }
+          : { status: 'version_mismatch' }
+      }
     }
   }
 
@@ -307,6 +349,24 @@ class SqliteBackend implements StorageBackend {
 
   listDeadLetters(after: number, limit: number): Promise<{ position: number; letter: DeadLetter }[]> {
     return this.run(() => this.sql.listDeadLetters.all(after, limit).map((row) => ({ position: row.n, letter: toDeadLetter(row) })))
+  }
+
+  getOutbox(key: OutboxKey): Promise<OutboxEntry | undefined> {
+    return this.run(() => {
+      const row = this.sql.getOutbox.get(key.queue, key.requestId, key.kind, key.hook)
+      return row === undefined ? undefined : toOutbox(row)
+    })
+  }
+
+  dueOutbox(before: number, limit: number): Promise<OutboxEntry[]> {
+    return this.run(() => this.sql.dueOutbox.all(before, limit).map(toOutbox))
+  }
+
+  listOutbox(queue: string | undefined, after: number, limit: number): Promise<{ position: number; entry: OutboxEntry }[]> {
+    return this.run(() => {
+      const rows = queue === undefined ? this.sql.listOutbox.all(after, limit) : this.sql.listQueueOutbox.all(queue, after, limit)
+      return rows.map((row) => ({ position: row.n, entry: toOutbox(row) }))
+    })
   }
 
   migrate(): Promise<number[]> {

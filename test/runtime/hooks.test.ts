@@ -1,0 +1,266 @@
+/**
+ * Hooks in the runtime: every verdict and every last-green move is stored in the outbox in
+ * the same commit as the change itself, and delivered at least once, with a stable
+ * idempotency key, across failures, crashes and stops.
+ */
+import { SimulatedClock } from 'xstate'
+import { describe, expect, it } from 'vitest'
+import type { LastGreenPayload, VerdictPayload } from '../../src/hooks/index.js'
+import { InvalidInputError, createStovepipe, type WriteOp } from '../../src/index.js'
+import { createMemoryStorage } from '../../src/storage/memory/index.js'
+import { createFakeSourceControl } from '../../src/sourcecontrol/fake.js'
+import { createFakeBuilder } from '../../src/build/fake.js'
+import { recordCommits, type RecordingStorage } from '../support/backends.js'
+import { driveUntil, settle } from '../support/drive.js'
+import { world, type World } from '../support/runtime.js'
+import { recordingHook, type RecordingHook } from '../hooks/support.js'
+
+const ref = { ref: 'main' }
+
+function clockAt(): SimulatedClock {
+  const clock = new SimulatedClock()
+  clock.set(1_700_000_000_000)
+  return clock
+}
+
+/** Ingests the head `sha` and waits until it is recorded. */
+async function validate(w: World, sha: string): Promise<string> {
+  const main = await w.run(w.sp.queue('main', ref))
+  w.sc.commit('main', sha)
+  const { id } = await w.run(main.ingest())
+  await w.run(main.waitFor(id))
+  return id
+}
+
+const keys = (hook: RecordingHook): string[] => hook.delivered().map((c) => c.idempotencyKey)
+
+/** Lets an hour pass on the clock: no more deliveries may come. */
+async function quiet(w: World): Promise<void> {
+  for (let i = 0; i < 60; i++) {
+    w.clock.increment(60_000)
+    await settle(5)
+  }
+}
+
+describe('hooks in the runtime', () => {
+  it('delivers one onVerdict per verdict and one onLastGreen per last-green move, with their idempotency keys', async () => {
+    const clock = clockAt()
+    const hook = recordingHook(clock)
+    const w = await world({
+      clock,
+      runtime: { hooks: [hook] },
+      builder: { outcome: (uri) => (uri.endsWith('r2') ? 'failed' : 'passed') },
+    })
+    const first = await validate(w, 'g1')
+    await driveUntil(clock, () => hook.delivered().length === 2)
+    const second = await validate(w, 'r2')
+    await driveUntil(clock, () => hook.delivered().length === 3)
+    const third = await validate(w, 'g3')
+    await driveUntil(clock, () => hook.delivered().length === 5)
+    await quiet(w)
+
+    expect(keys(hook).sort()).toEqual(
+      [
+        `main:${first}:verdict`,
+        `main:${first}:lastGreen`,
+        `main:${second}:verdict`,
+        `main:${third}:verdict`,
+        `main:${third}:lastGreen`,
+      ].sort(),
+    )
+    expect(hook.calls.every((c) => c.outcome === 'delivered' && c.attempt === 1)).toBe(true)
+    const verdicts = hook.calls.filter((c) => c.kind === 'verdict').map((c) => c.payload as VerdictPayload)
+    expect(verdicts.map((v) => [v.requestId, v.uri, v.verdict, v.degree])).toEqual([
+      [first, 'fake://g1', 'green', 0],
+      [second, 'fake://r2', 'red', 1],
+      [third, 'fake://g3', 'green', 0],
+    ])
+    const view = await w.sp.request(third)
+    expect(verdicts[2]).toEqual({
+      queue: 'main',
+      requestId: third,
+      uri: 'fake://g3',
+      verdict: 'green',
+      degree: 0,
+      reason: null,
+      at: view.endedAt,
+    })
+    const moves = hook.calls.filter((c) => c.kind === 'lastGreen').map((c) => c.payload as LastGreenPayload)
+    expect(moves).toEqual([
+      { queue: 'main', requestId: first, uri: 'fake://g1', previous: null, at: expect.any(Number) as number },
+      {
+        queue: 'main',
+        requestId: third,
+        uri: 'fake://g3',
+        previous: { requestId: first, uri: 'fake://g1', at: moves[0]?.at ?? -1 },
+        at: view.endedAt ?? -1,
+      },
+    ])
+    const entries = (await w.storage.outbox.list()).items
+    expect(entries).toHaveLength(5)
+    expect(entries.every((e) => e.deliveredAt !== null && e.attempts === 1 && e.hook === 'recorder')).toBe(true)
+  })
+
+  it('stores each notification in the same commit as the change it reports', async () => {
+    const clock = clockAt()
+    const hook = recordingHook(clock)
+    let recording: RecordingStorage | undefined
+    const w = await world({
+      clock,
+      runtime: { hooks: [hook] },
+      wrap: (inner) => (recording = recordCommits(inner, () => clock.now())),
+    })
+    const id = await validate(w, 'g1')
+    await driveUntil(clock, () => hook.delivered().length === 2)
+    const commits = recording?.commits ?? []
+    const has = (ops: readonly WriteOp[], test: (op: WriteOp) => boolean): boolean => ops.some(test)
+    const recorded = commits.filter((c) =>
+      has(c.ops, (op) => op.op === 'request.update' && op.record.id === id && op.record.state === 'recorded'),
+    )
+    expect(recorded).toHaveLength(1)
+    expect(has(recorded[0]?.ops ?? [], (op) => op.op === 'outbox.put' && op.entry.requestId === id && op.entry.kind === 'verdict')).toBe(
+      true,
+    )
+    const moved = commits.filter((c) => has(c.ops, (op) => op.op === 'queue.update' && op.record.lastGreen?.requestId === id))
+    expect(moved.length).toBeGreaterThanOrEqual(1)
+    expect(has(moved[0]?.ops ?? [], (op) => op.op === 'outbox.put' && op.entry.requestId === id && op.entry.kind === 'lastGreen')).toBe(
+      true,
+    )
+    // Nowhere else: the entries are never written on their own.
+    const puts = commits.filter((c) => has(c.ops, (op) => op.op === 'outbox.put'))
+    expect(puts.every((c) => has(c.ops, (op) => op.op === 'request.update' || op.op === 'queue.update'))).toBe(true)
+  })
+
+  it('retries a failing hook and delivers each notification exactly once in the end', async () => {
+    const clock = clockAt()
+    const hook = recordingHook(clock, { failFirst: 4 })
+    const w = await world({ clock, runtime: { hooks: [hook], hookRetry: { baseDelayMs: 1_000 }, random: () => 0.5 } })
+    const id = await validate(w, 'g1')
+    await driveUntil(clock, () => hook.delivered().length === 2, { stepMs: 50 })
+    await quiet(w)
+    expect(keys(hook).sort()).toEqual([`main:${id}:lastGreen`, `main:${id}:verdict`])
+    expect(hook.calls.filter((c) => c.outcome === 'failed')).toHaveLength(4)
+    const attempts = (await w.storage.outbox.list()).items.map((e) => e.attempts)
+    expect(attempts.reduce((a, b) => a + b, 0)).toBe(6)
+  })
+
+  it('delivers at least once across a crash: notifications left in the outbox go out after the restart', async () => {
+    const clock = clockAt()
+    const hook = recordingHook(clock, { failFirst: 1_000 })
+    const w = await world({ clock, runtime: { hooks: [hook], hookRetry: { baseDelayMs: 1_000, maxDelayMs: 5_000 } } })
+    const id = await validate(w, 'g1')
+    await driveUntil(clock, () => hook.calls.length >= 4, { stepMs: 50 })
+    expect(hook.delivered()).toEqual([])
+    await w.crash(10_000)
+    hook.failNext = 0
+    await driveUntil(clock, () => hook.delivered().length === 2, { stepMs: 50 })
+    await quiet(w)
+    expect(keys(hook).sort()).toEqual([`main:${id}:lastGreen`, `main:${id}:verdict`])
+    const tries = hook.calls.filter((c) => c.kind === 'verdict')
+    expect(new Set(tries.map((c) => c.idempotencyKey)).size).toBe(1)
+    expect(tries.at(-1)?.attempt).toBeGreaterThan(1)
+  })
+
+  it('does not lose a last-green move when the runtime crashed before the queue snapshot write', async () => {
+    const clock = clockAt()
+    const hook = recordingHook(clock)
+    let loseSnapshots = false
+    const w = await world({
+      clock,
+      runtime: { hooks: [hook] },
+      wrap: (inner) => ({
+        ...inner,
+        // While set, a commit carrying a queue snapshot is lost whole, as if the process died before it.
+        commit: async (ops) => {
+          if (loseSnapshots && ops.some((op) => op.op === 'queue.update')) return ops.map(() => ({ status: 'ok' as const }))
+          return inner.commit(ops)
+        },
+      }),
+    })
+    const first = await validate(w, 'g1')
+    await driveUntil(clock, () => hook.delivered().length === 2)
+    loseSnapshots = true
+    const second = await validate(w, 'g2')
+    await driveUntil(clock, () => hook.delivered().length === 3)
+    expect((await w.storage.queues.get('main')).lastGreen?.requestId).toBe(first)
+    await expect(w.storage.outbox.get({ queue: 'main', requestId: second, kind: 'lastGreen', hook: 'recorder' })).rejects.toThrow()
+    loseSnapshots = false
+    await w.crash()
+    await driveUntil(clock, () => hook.delivered().length === 4)
+    await quiet(w)
+    const move = hook.calls.at(-1)
+    expect(move?.idempotencyKey).toBe(`main:${second}:lastGreen`)
+    expect(move?.payload).toMatchObject({ requestId: second, uri: 'fake://g2', previous: { requestId: first, uri: 'fake://g1' } })
+    expect((await w.storage.queues.get('main')).lastGreen?.requestId).toBe(second)
+    expect(keys(hook).filter((k) => k.endsWith(':lastGreen'))).toEqual([`main:${first}:lastGreen`, `main:${second}:lastGreen`])
+  })
+
+  it('stop() aborts hook calls under way; their notifications stay in the outbox for the next start', async () => {
+    const clock = clockAt()
+    const hook = recordingHook(clock)
+    hook.hang = true
+    const w = await world({ clock, runtime: { hooks: [hook] } })
+    const id = await validate(w, 'g1')
+    await driveUntil(clock, () => hook.calls.length === 2)
+    await w.run(w.sp.stop())
+    expect(hook.calls.every((c) => c.signal.aborted)).toBe(true)
+    const pending = (await w.storage.outbox.list()).items
+    expect(pending.map((e) => [e.kind, e.attempts, e.deliveredAt])).toEqual([
+      ['verdict', 0, null],
+      ['lastGreen', 0, null],
+    ])
+    hook.hang = false
+    await w.restart()
+    await driveUntil(clock, () => hook.delivered().length === 2)
+    expect(hook.calls.map((c) => c.attempt)).toEqual([1, 1, 1, 1])
+    expect(keys(hook).sort()).toEqual([`main:${id}:lastGreen`, `main:${id}:verdict`])
+  })
+
+  it('tells onVerdict of indeterminate verdicts too (and moves no last green)', async () => {
+    const clock = clockAt()
+    const hook = recordingHook(clock)
+    const w = await world({ clock, runtime: { hooks: [hook] }, builder: { durationMs: 10_000 } })
+    const main = await w.run(w.sp.queue('main', { ref: 'main', maxValidationMs: 1_000 }))
+    w.sc.commit('main', 'a1')
+    const { id } = await w.run(main.ingest())
+    await w.run(main.waitFor(id), 50)
+    await driveUntil(clock, () => hook.delivered().length === 1)
+    await quiet(w)
+    expect(hook.calls.map((c) => [c.kind, c.payload])).toEqual([
+      [
+        'verdict',
+        {
+          queue: 'main',
+          requestId: id,
+          uri: 'fake://a1',
+          verdict: 'indeterminate',
+          degree: null,
+          reason: 'maxValidationMs passed',
+          at: expect.any(Number) as number,
+        },
+      ],
+    ])
+  })
+
+  it('only stores notifications a hook wants, and none without hooks', async () => {
+    const clock = clockAt()
+    const greenOnly = recordingHook(clock, { name: 'green-only', kinds: ['lastGreen'] })
+    const w = await world({ clock, runtime: { hooks: [greenOnly] } })
+    await validate(w, 'g1')
+    await driveUntil(clock, () => greenOnly.delivered().length === 1)
+    expect((await w.storage.outbox.list()).items.map((e) => [e.kind, e.hook])).toEqual([['lastGreen', 'green-only']])
+
+    const plain = await world()
+    await validate(plain, 'g1')
+    await plain.run(plain.sp.stop())
+    expect((await plain.storage.outbox.list()).items).toEqual([])
+  })
+
+  it('refuses invalid hooks with InvalidInputError', async () => {
+    const base = { storage: createMemoryStorage(), sourceControl: createFakeSourceControl(), builder: createFakeBuilder() }
+    const hook = { name: 'same', onVerdict: () => Promise.resolve() }
+    await expect(createStovepipe({ ...base, hooks: [hook, { ...hook }] })).rejects.toBeInstanceOf(InvalidInputError)
+    await expect(createStovepipe({ ...base, hooks: [{ name: 'no/slash', onVerdict: hook.onVerdict }] })).rejects.toThrow(/name/)
+    await expect(createStovepipe({ ...base, hooks: [hook], hookRetry: { maxAttempts: -1 } })).rejects.toThrow(/maxAttempts/)
+  })
+})
