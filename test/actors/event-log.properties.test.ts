@@ -58,6 +58,8 @@ const withSubscribers = fc.array(fc.oneof({ arbitrary: send, weight: 4 }, { arbi
 
 /** A subscriber's view: what it received, in order. */
 interface Seen {
+  /** Index of the incarnation (process) it subscribed to. */
+  incarnation: number
   from: number | undefined
   slow: boolean
   entries: LogEntry[]
@@ -183,7 +185,7 @@ async function run(backend: Backend, cfg: Config, steps: readonly Step[]): Promi
         faulty.faults.down = step.down
         break
       case 'subscribe': {
-        const view: Seen = { from: step.from, slow: step.slow, entries: [] }
+        const view: Seen = { incarnation: incarnations.length - 1, from: step.from, slow: step.slow, entries: [] }
         seen.push(view)
         log.subscribe(
           async (entry) => {
@@ -221,6 +223,16 @@ async function run(backend: Backend, cfg: Config, steps: readonly Step[]): Promi
   void log.flush().then(() => (flushed = true))
   await driveUntil(clock, () => flushed, { busy })
   const rows = await faulty.inner.events.read({ nodeId: NODE, limit: 10_000 })
+  // Give resuming subscribers of the live process time to catch up (a replay read that
+  // failed while storage was down retries after a backoff): at most 2 s of simulated time.
+  const lastId = rows.flatMap(idsOf).at(-1)
+  const waiting = seen.filter((v) => v.incarnation === incarnations.length - 1 && !v.slow && v.from !== undefined && lastId !== undefined)
+  const caughtUp = (): boolean =>
+    waiting.every((v) => v.entries.flatMap(idsOf).includes(lastId as number) || (v.from as number) > (lastId as number))
+  for (let ms = 0; ms < 2000 && !caughtUp(); ms++) {
+    await settle()
+    if (!busy()) clock.increment(1)
+  }
   return { clock, faulty, fixture, incarnations, sent, seen, earlyAcks, rows }
 }
 
