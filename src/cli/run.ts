@@ -8,6 +8,7 @@
  */
 import { resolve } from 'node:path'
 import { createShellBuilder } from '../build/shell.js'
+import { createWebhookHook } from '../hooks/index.js'
 import { createHttpServer } from '../http/index.js'
 import { createStovepipe } from '../runtime/stovepipe.js'
 import { createGitSourceControlProvider } from '../sourcecontrol/git.js'
@@ -46,6 +47,12 @@ export const RUN: CommandSpec = {
       defaultText: '127.0.0.1:8080',
     },
     token: { type: 'string', value: '<secret>', description: 'require this bearer token on POSTs (or STOVEPIPE_TOKEN)' },
+    webhook: { type: 'string', value: '<url>', description: 'POST each verdict and last-green move here, signed (at least once)' },
+    'webhook-secret': {
+      type: 'string',
+      value: '<secret>',
+      description: 'HMAC-SHA256 key for the x-stovepipe-signature header (or STOVEPIPE_WEBHOOK_SECRET)',
+    },
   },
   details: [
     'Examples:',
@@ -94,6 +101,12 @@ export async function runCommand(parsed: Parsed, io: CliIo): Promise<number> {
   const httpText = stringOption(parsed, 'http') ?? '127.0.0.1:8080'
   const listen = httpText === 'off' ? undefined : parseListen(httpText)
   const token = stringOption(parsed, 'token') ?? io.env.STOVEPIPE_TOKEN
+  const webhook = stringOption(parsed, 'webhook')
+  const webhookSecret = stringOption(parsed, 'webhook-secret') ?? io.env.STOVEPIPE_WEBHOOK_SECRET
+  if (webhook !== undefined && (webhookSecret === undefined || webhookSecret === '')) {
+    throw new InvalidInputError('--webhook needs --webhook-secret (or STOVEPIPE_WEBHOOK_SECRET) to sign its requests')
+  }
+  const hooks = webhook === undefined ? [] : [createWebhookHook({ url: webhook, secret: webhookSecret ?? '' })]
 
   const storage = await openState({ db: stringOption(parsed, 'db'), mysql: stringOption(parsed, 'mysql') }, io.cwd)
   const progress = (text: string): void => {
@@ -105,7 +118,7 @@ export async function runCommand(parsed: Parsed, io: CliIo): Promise<number> {
   try {
     const sourceControl = createGitSourceControlProvider()
     const builder = createShellBuilder({ command, logger })
-    sp = await createStovepipe({ storage, sourceControl, builder, logger })
+    sp = await createStovepipe({ storage, sourceControl, builder, logger, hooks })
     const runtime = sp
     const queue = await runtime.queue(queueName, { repo, ref, maxConcurrent, maxValidationMs })
     timeline.follow({

@@ -4,10 +4,13 @@
  * restart that resumes.
  */
 import { writeFileSync, rmSync, existsSync } from 'node:fs'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { startCli, runCli, type CliProcess } from '../support/cli.js'
 import { createTempRepo, type TempRepo } from '../support/git-repo.js'
+import { verifyWebhookSignature } from '../../src/hooks/index.js'
 import { tempDir } from '../support/sqlite.js'
 
 /** Passes unless the file `status` says otherwise; sleeps while the marker file named by SLOW_MARKER exists. */
@@ -45,6 +48,44 @@ function start(args: string[], cwd: string, env: Record<string, string> = {}): C
 }
 
 const short = (sha: string): string => sha.slice(0, 7)
+
+/** A webhook receiver that checks signatures and refuses every first attempt with 500. */
+async function webhookReceiver(secret: string): Promise<{ url: string; received: string[]; badSignatures: number }> {
+  const state = { url: '', received: [] as string[], badSignatures: 0 }
+  const attempts = new Map<string, number>()
+  const server = createServer((req, res) => {
+    let body = ''
+    req.on('data', (chunk: Buffer) => (body += chunk.toString()))
+    req.on('end', () => {
+      const signature = req.headers['x-stovepipe-signature']
+      if (typeof signature !== 'string' || !verifyWebhookSignature(body, signature, secret)) {
+        state.badSignatures++
+        res.writeHead(401).end()
+        return
+      }
+      const key = String(req.headers['x-stovepipe-idempotency-key'])
+      const attempt = (attempts.get(key) ?? 0) + 1
+      attempts.set(key, attempt)
+      if (attempt === 1) {
+        res.writeHead(500).end()
+        return
+      }
+      if (!state.received.includes(key)) state.received.push(key)
+      res.writeHead(204).end()
+    })
+  })
+  await new Promise<void>((done) => server.listen(0, '127.0.0.1', done))
+  state.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`
+  cleanups.push(
+    () =>
+      new Promise<void>((done) =>
+        server.close(() => {
+          done()
+        }),
+      ),
+  )
+  return state
+}
 
 describe('stovepipe (end to end)', () => {
   it('prints help for every subcommand and fails clearly on a bad flag', async () => {
@@ -89,8 +130,27 @@ describe('stovepipe (end to end)', () => {
   it('run follows a real repository through linear pushes, a merge and a force-push; read commands and HTTP agree', async () => {
     const { repo, dir, db } = await setup()
     const first = await repo.commit('first', { 'check.sh': CHECK, status: 'ok\n' })
+    const hook = await webhookReceiver('s3cret')
     const cli = start(
-      ['run', '--repo', repo.dir, '--ref', 'main', '--build', 'sh ./check.sh', '--db', db, '--poll', '100ms', '--http', '127.0.0.1:0'],
+      [
+        'run',
+        '--repo',
+        repo.dir,
+        '--ref',
+        'main',
+        '--build',
+        'sh ./check.sh',
+        '--db',
+        db,
+        '--poll',
+        '100ms',
+        '--http',
+        '127.0.0.1:0',
+        '--webhook',
+        hook.url,
+        '--webhook-secret',
+        's3cret',
+      ],
       dir,
     )
     const [, url = ''] = await cli.waitFor(/serving (http:\/\/127\.0\.0\.1:\d+)/)
@@ -142,6 +202,20 @@ describe('stovepipe (end to end)', () => {
     expect(status.stdout).toContain(`last green  ${short(rewritten)} (request/main/4`)
     const metrics = await (await fetch(`${url}/metrics`)).text()
     expect(metrics).toContain('stovepipe_verdicts_total')
+
+    // Every verdict and every last-green move reached the webhook, signed, after a refused first attempt.
+    const expected = [
+      'main:request/main/1:verdict',
+      'main:request/main/2:verdict',
+      'main:request/main/3:verdict',
+      'main:request/main/4:verdict',
+      'main:request/main/1:lastGreen',
+      'main:request/main/3:lastGreen',
+      'main:request/main/4:lastGreen',
+    ]
+    for (let i = 0; i < 100 && expected.some((key) => !hook.received.includes(key)); i++) await new Promise((done) => setTimeout(done, 100))
+    expect([...hook.received].sort()).toEqual([...expected].sort())
+    expect(hook.badSignatures).toBe(0)
 
     cli.child.kill('SIGTERM')
     expect(await cli.exited).toBe(0)
