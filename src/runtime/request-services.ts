@@ -28,6 +28,7 @@ import {
 } from '../machines/request.js'
 import type { SourceControl } from '../sourcecontrol/types.js'
 import {
+  InvalidInputError,
   NotFoundError,
   StorageFailedError,
   StorageUnavailableError,
@@ -183,8 +184,13 @@ export function requestServices(deps: RequestServiceDeps) {
       }
       return { strategy: 'full', baseline: null, fallback: `history rewritten: last green ${lastGreen.uri} is not an ancestor`, version }
     } catch (error) {
-      if (!(error instanceof NotFoundError)) throw error
-      const reason = `last green ${lastGreen.uri} is unknown to source control`
+      // An unknown commit (garbage-collected, another clone) or one source control cannot
+      // compare (e.g. the repository moved, so its URI names another path): build in full.
+      if (!(error instanceof NotFoundError || error instanceof InvalidInputError)) throw error
+      const reason =
+        error instanceof NotFoundError
+          ? `last green ${lastGreen.uri} is unknown to source control`
+          : `last green ${lastGreen.uri} cannot be compared by source control (${error.message})`
       deps.onFallback(context.queue, reason)
       deps.logger.warn({ requestId: context.id, lastGreen: lastGreen.uri }, 'planning falls back to a full build')
       return { strategy: 'full', baseline: null, fallback: reason, version }

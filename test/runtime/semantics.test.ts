@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest'
 import { InvalidInputError, NotFoundError, StoppedError } from '../../src/index.js'
 import { driveUntil } from '../support/drive.js'
 import { world } from '../support/runtime.js'
+import { createFakeSourceControl } from '../../src/sourcecontrol/fake.js'
 
 const ref = { ref: 'main' }
 
@@ -145,6 +146,34 @@ describe('planning', () => {
       fallback: expect.stringContaining('unknown to source control') as string,
     })
     expect(await w.sp.registry.getSingleMetricAsString('stovepipe_planning_fallbacks_total')).toContain('queue="main"} 1')
+  })
+
+  it('validates fully when source control cannot compare the last green (e.g. the repository moved)', async () => {
+    const sc = createFakeSourceControl()
+    let foreign = false
+    const forQueue = sc.forQueue.bind(sc)
+    sc.forQueue = (target) => {
+      const bound = forQueue(target)
+      return {
+        latest: () => bound.latest(),
+        history: (cursor, limit) => bound.history(cursor, limit),
+        isAncestor: (a, d) =>
+          foreign ? Promise.reject(new InvalidInputError(`${a} belongs to another repository`)) : bound.isAncestor(a, d),
+      }
+    }
+    const w = await world({ sc })
+    const main = await w.run(w.sp.queue('main', ref))
+    sc.commit('main', 'a1')
+    await w.run(main.waitFor((await w.run(main.ingest())).id))
+    foreign = true
+    sc.commit('main', 'a2')
+    const next = await w.run(main.ingest())
+    expect(await w.run(main.waitFor(next.id))).toMatchObject({
+      verdict: 'green',
+      strategy: 'full',
+      fallback: expect.stringContaining('cannot be compared by source control') as string,
+    })
+    expect(main.lastGreen()?.requestId).toBe(next.id)
   })
 })
 
