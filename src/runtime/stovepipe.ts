@@ -56,7 +56,7 @@ export interface StovepipeOptions {
   nodeId?: string
   /** prom-client registry for every metric (default: a new one, see {@link Stovepipe.registry}). */
   registry?: Registry
-  /** Writer tuning (capacity, maxBatch, lingerMs, retry). */
+  /** Writer tuning (capacity, maxBatch, lingerMs (default 0 here: next tick), retry). */
   writer?: Omit<WriterOptions, 'storage' | 'clock' | 'logger' | 'registry'>
   /** Event-log tuning (capacity, policy, batchSize). */
   eventLog?: Omit<EventLogOptions, 'storage' | 'writer' | 'clock' | 'logger' | 'registry' | 'nodeId'>
@@ -189,6 +189,10 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
   const hooks = options.hooks === undefined ? [] : validateHooks(options.hooks)
 
   const writer = createWriter({
+    // The runtime's writes come in chains (each request step waits for its write), so a
+    // linger would add its delay to every step; writes issued in the same tick still share
+    // a commit with lingerMs 0 (the batch closes on the next turn of the event loop).
+    lingerMs: 0,
     ...options.writer,
     storage,
     clock,

@@ -170,10 +170,15 @@ describe('hooks in the runtime', () => {
       runtime: { hooks: [hook] },
       wrap: (inner) => ({
         ...inner,
-        // While set, a commit carrying a queue snapshot is lost whole, as if the process died before it.
+        // While set, queue snapshot writes and their last-green notifications are lost (the rest
+        // of their batch commits), as if
+        // the process died after the verdict was durable and before the snapshot was.
         commit: async (ops) => {
-          if (loseSnapshots && ops.some((op) => op.op === 'queue.update')) return ops.map(() => ({ status: 'ok' as const }))
-          return inner.commit(ops)
+          if (!loseSnapshots) return inner.commit(ops)
+          const lost = (op: WriteOp): boolean => op.op === 'queue.update' || (op.op === 'outbox.put' && op.entry.kind === 'lastGreen')
+          const kept = ops.filter((op) => !lost(op))
+          const results = kept.length === 0 ? [] : await inner.commit(kept)
+          return ops.map((op) => (lost(op) ? { status: 'ok' as const } : (results.shift() ?? { status: 'ok' as const })))
         },
       }),
     })
