@@ -1,0 +1,294 @@
+/**
+ * Helpers of `bench/runtime.ts`: the bare XState baseline (the same machines with stub
+ * actors, no persistence), a builder that holds every build until the runtime stops, a
+ * stateless source control, request rows in the shape the runtime writes, and heap probes.
+ */
+import { createActor, enqueueActions, fromPromise, setup, type AnyActorRef } from 'xstate'
+import {
+  newRequestContext,
+  queueMachine,
+  requestMachine,
+  type PersistInput,
+  type PersistOutput,
+  type PlanOutput,
+  type QueueConfig,
+  type QueueContext,
+  type RecordOutput,
+  type RequestContext,
+  type RequestStep,
+} from '../src/machines/index.js'
+import type { BuildResult, BuildRunner, RequestRecord, SourceControl, SourceControlProvider } from '../src/index.js'
+
+/** What the step actors get (`StepInput` of the request machine, which it does not export). */
+interface StubStepInput {
+  context: RequestContext
+  step: RequestStep | 'concluding'
+}
+
+/** Milliseconds since `start` (a `performance.now()` reading). */
+export const since = (start: number): number => performance.now() - start
+
+const benchStart = performance.now()
+
+/** A progress line on stderr (stdout holds the results), stamped with the seconds since the bench started. */
+export function progress(line: string): void {
+  process.stderr.write(`  ${((performance.now() - benchStart) / 1000).toFixed(1).padStart(6)} s  ${line}\n`)
+}
+
+/** A queue configuration as `normalizeQueueConfig` fills it in. */
+export function queueConfig(ref: string, maxConcurrent = 1): QueueConfig {
+  return { ref, maxConcurrent, maxValidationMs: 3_600_000, leaseGraceMs: 60_000, maxAttempts: 3 }
+}
+
+const zeroStats = (): QueueContext['stats'] => ({
+  accepted: 0,
+  superseded: 0,
+  cancelled: 0,
+  green: 0,
+  red: 0,
+  indeterminate: 0,
+  leaseExpiries: 0,
+})
+
+/** Options of {@link stubRequestMachine}. */
+export interface StubOptions {
+  /** Called on every step the machine enters (the runtime's `entered` action). */
+  onStep?: (context: RequestContext, step: string) => void
+  /** When true, `build` never resolves (a build in flight); default: it passes at once. */
+  holdBuilds?: boolean
+}
+
+/**
+ * The request machine with immediately resolving stub actors that return what the
+ * runtime's would (each step bumps the version), and the runtime's deadline delay.
+ */
+export function stubRequestMachine(options: StubOptions = {}) {
+  const { onStep, holdBuilds = false } = options
+  const next = (input: StubStepInput): number => (input.step === 'concluding' ? input.context.version : input.context.version + 1)
+  return requestMachine.provide({
+    actors: {
+      persist: fromPromise<PersistOutput, PersistInput>(({ input }) =>
+        Promise.resolve({ version: input.context.version + 1, step: input.step }),
+      ),
+      plan: fromPromise<PlanOutput, StubStepInput>(({ input }) =>
+        Promise.resolve(
+          input.context.lastGreen === null
+            ? { strategy: 'full' as const, baseline: null, fallback: 'no last green yet', version: next(input) }
+            : { strategy: 'incremental' as const, baseline: input.context.lastGreen.uri, fallback: null, version: next(input) },
+        ),
+      ),
+      build: fromPromise<BuildResult & { version: number }, StubStepInput>(({ input }) =>
+        holdBuilds ? new Promise<never>(() => undefined) : Promise.resolve({ outcome: 'passed' as const, version: next(input) }),
+      ),
+      record: fromPromise<RecordOutput, StubStepInput>(({ input }) =>
+        Promise.resolve({
+          verdict: input.context.verdict ?? 'indeterminate',
+          degree: input.context.degree,
+          factWritten: input.context.verdict !== 'indeterminate',
+          reason: input.context.reason,
+          version: next(input) + 1,
+          at: Date.now(),
+        }),
+      ),
+    },
+    actions: {
+      entered: ({ context }, params: { step: string }) => {
+        onStep?.(context, params.step)
+      },
+    },
+    delays: {
+      deadline: ({ context }) =>
+        context.deadlineAt === null ? 2 ** 31 - 1 : Math.min(2 ** 31 - 1, Math.max(0, context.deadlineAt - Date.now())),
+      retry: () => 1000,
+    },
+  })
+}
+
+/**
+ * The bare baseline: one actor system shaped like the runtime's (a root spawning one queue
+ * actor per queue, request actors as their children), the real queue and request machines
+ * with stub actors, no storage, no writer, no event log.
+ */
+export class BareSystem {
+  private readonly waiters = new Map<string, () => void>()
+  private readonly counters = new Map<string, number>()
+  private readonly root: AnyActorRef
+  /** Requests that entered `processing.building`. */
+  building = 0
+
+  constructor(options: { holdBuilds?: boolean } = {}) {
+    const request = stubRequestMachine({
+      holdBuilds: options.holdBuilds ?? false,
+      onStep: (context, step) => {
+        if (step === 'processing.building') this.building++
+        if (step !== 'recorded') return
+        const wake = this.waiters.get(context.id)
+        if (wake === undefined) return
+        this.waiters.delete(context.id)
+        wake()
+      },
+    })
+    const queue = queueMachine.provide({
+      actors: { request },
+      delays: {
+        nextLeaseExpiry: ({ context }) => {
+          const expiries = Object.values(context.leases)
+          return expiries.length === 0 ? 2 ** 31 - 1 : Math.min(2 ** 31 - 1, Math.max(0, Math.min(...expiries) - Date.now()))
+        },
+      },
+    })
+    const root = setup({
+      types: { events: {} as { type: 'queue.open'; name: string; context: QueueContext } },
+      actors: { queue },
+    }).createMachine({
+      id: 'bare',
+      on: {
+        'queue.open': {
+          actions: enqueueActions(({ enqueue, event }) => {
+            enqueue.spawnChild('queue', { id: `queue:${event.name}`, systemId: `queue:${event.name}`, input: { context: event.context } })
+          }),
+        },
+      },
+    })
+    this.root = createActor(root).start()
+  }
+
+  /** Spawns a queue actor. */
+  open(name: string, maxConcurrent = 1): void {
+    const context: QueueContext = {
+      name,
+      config: queueConfig(name, maxConcurrent),
+      lastGreen: null,
+      requests: {},
+      leases: {},
+      expiredAt: 0,
+      stats: zeroStats(),
+    }
+    this.root.send({ type: 'queue.open', name, context })
+    this.counters.set(name, 0)
+  }
+
+  /** Mints a request on a queue; resolves when it is recorded. */
+  lifecycle(name: string): Promise<void> {
+    const id = this.nextId(name)
+    const done = new Promise<void>((resolve) => {
+      this.waiters.set(id, resolve)
+    })
+    this.accept(name, id)
+    return done
+  }
+
+  /** Mints a request on a queue without waiting for it (it stays in flight with held builds). */
+  mint(name: string): void {
+    this.accept(name, this.nextId(name))
+  }
+
+  private nextId(name: string): string {
+    const n = (this.counters.get(name) ?? 0) + 1
+    this.counters.set(name, n)
+    return `request/${name}/${n}`
+  }
+
+  private accept(name: string, id: string): void {
+    const n = Number(id.slice(id.lastIndexOf('/') + 1))
+    const at = Date.now()
+    const queue = this.root.system.get(`queue:${name}`) as AnyActorRef | undefined
+    if (queue === undefined) throw new Error(`bare queue ${name} is not open`)
+    queue.send({ type: 'request.accepted', id, n, uri: `fake://${name}-${n}`, version: 0, createdAt: at, at })
+  }
+
+  stop(): void {
+    this.root.stop()
+  }
+}
+
+/** A builder whose builds run until the runtime aborts them (on stop). */
+export interface HeldBuilder extends BuildRunner {
+  /** Builds started so far. */
+  started(): number
+}
+
+/** Creates a {@link HeldBuilder}. */
+export function createHeldBuilder(): HeldBuilder {
+  let started = 0
+  return {
+    started: () => started,
+    run(request) {
+      started++
+      return new Promise<BuildResult>((_resolve, reject) => {
+        request.signal.addEventListener('abort', () => {
+          reject(new Error(`build of ${request.uri} aborted`))
+        })
+      })
+    },
+  }
+}
+
+/**
+ * A source control that keeps nothing: each `latest()` is a new head `fake://<queue>-<k>`,
+ * every commit descends from every other. For heap measurements, so the fake's commit
+ * graph is not counted as the runtime's.
+ */
+export function createStatelessSourceControl(): SourceControlProvider {
+  return {
+    forQueue: ({ queue }): SourceControl => {
+      let k = 0
+      return {
+        latest: () => Promise.resolve(`fake://${queue}-${++k}`),
+        isAncestor: () => Promise.resolve(true),
+        history: () => Promise.resolve({ items: [] }),
+      }
+    },
+  }
+}
+
+/**
+ * The row of a request that persisted `processing.building`, in the shape the runtime
+ * writes it (`requestRecord` of `src/runtime/request-services.ts`): state `processing`,
+ * `data = { step, context }` with the context at that step and version 2 (created at 0,
+ * planning 1, building 2).
+ */
+export function buildingRow(queue: string, n: number, at: number, config: QueueConfig): RequestRecord {
+  const id = `request/${queue}/${n}`
+  const uri = `fake://${queue}-${n}`
+  const step = 'processing.building' as const
+  const version = 2
+  const context: RequestContext = {
+    ...newRequestContext({ id, queue, uri, n, version, createdAt: at, maxAttempts: config.maxAttempts }),
+    step,
+    startedAt: at,
+    deadlineAt: at + config.maxValidationMs,
+    strategy: 'full',
+    baseline: null,
+    fallback: 'no last green yet',
+  }
+  return { id, queue, uri, state: 'processing', version, createdAt: at, updatedAt: at, data: { step, context } as never }
+}
+
+/** The sorted key paths of a JSON value (to compare row shapes, not values). */
+export function shapeOf(value: unknown, prefix = ''): string[] {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return [prefix]
+  return Object.entries(value as Record<string, unknown>)
+    .flatMap(([key, inner]) => shapeOf(inner, prefix === '' ? key : `${prefix}.${key}`))
+    .sort()
+}
+
+/** Forces full collections and returns the heap in use, in bytes. Needs `--expose-gc`. */
+export async function settledHeap(): Promise<number> {
+  const gc = (globalThis as { gc?: () => void }).gc
+  if (gc === undefined) throw new Error('run with node --expose-gc (bench/runtime.ts re-executes itself with it)')
+  for (let i = 0; i < 4; i++) {
+    gc()
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  return process.memoryUsage().heapUsed
+}
+
+/** Waits (polling every 5 ms) until `done()` holds, or fails after `timeoutMs`. */
+export async function until(done: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = performance.now() + timeoutMs
+  while (!done()) {
+    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 5))
+  }
+}

@@ -1,0 +1,547 @@
+/**
+ * `npm run bench:runtime`: the whole runtime (`createStovepipe`) on SQLite (a temp file, WAL)
+ * with the fake builder at zero duration and the real clock, side by side with baselines in
+ * one run:
+ *
+ * 1. lifecycles/s, ingest → recorded, across 1, 100 and 1000 queues. Each queue loops:
+ *    commit a new head on its ref in the fake source control, `ingest()`, `waitFor(id,
+ *    'recorded')`; all queues at once, so one request in flight per queue (1 queue:
+ *    sequential heads). A case keeps starting lifecycles for BENCH_RUNTIME_SECONDS, every
+ *    queue at least once, and its rate is lifecycles / time until the last one is recorded
+ *    (many queues move in waves, so the tail wave is counted whole). Every case runs on a
+ *    fresh runtime and file, in alternating order over BENCH_RUNTIME_ROUNDS rounds, median.
+ *    Baselines:
+ *    (a) bare XState: the same queue and request machines in an actor system of the same
+ *        shape (root → queue actors → request children), stub actors resolving at once with
+ *        the outputs ours would give, no storage, writer or event log;
+ *    (b) a naive runtime: ours with `writer: { maxBatch: 1, lingerMs: 0 }`, so every op
+ *        (counter, claim, row, each step, fact, queue snapshot, each event-log row) is its
+ *        own `storage.commit`, i.e. its own SQLite transaction, committed as soon as the
+ *        event loop turns: the same transitions and rows without group commit. Run with
+ *        synchronous FULL and NORMAL, each against ours (default writer) in the same mode.
+ * 2. heap per idle queue actor (open 1000 queues, full GC, heapUsed delta / 1000) and per
+ *    request in flight (10 000 requests held in `building` by a builder that only ends on
+ *    abort, over 100 queues of maxConcurrent 100, writer and event log drained, full GC,
+ *    delta / 10 000); a stateless source control, so no commit graph is counted. Bare
+ *    XState figures alongside for reference (2000 requests: XState's stepping is quadratic
+ *    in the timers scheduled in a system, so 10 000 take it long). Under tsx, whose esbuild
+ *    `keepNames` gives every named closure its own `name` property, closures weigh more than
+ *    in compiled output (the idle-queue figure was ~40 % above `tsc` output when measured).
+ * 3. restart with 100 000 requests in flight over 1000 queues: the rows are written straight
+ *    through `storage.commit` in big transactions, in the exact shape the runtime writes
+ *    (state `processing`, `data = { step: 'processing.building', context }`, checked
+ *    against a row written by a real runtime), then `createStovepipe` on the reopened file
+ *    is timed until it returns with every queue open and every request actor spawned in
+ *    `building` (the target), and further until every resumed request has re-persisted its
+ *    step and restarted its build; against raw better-sqlite3 reading the same rows
+ *    (`SELECT * … WHERE state NOT IN (final)`, `JSON.parse(data)`) and starting as many
+ *    bare request actors (stub actors, builds held) from `{ kind: 'resume', context }`.
+ *
+ * Parts 2 and 3 run in child processes of this script (`--child <name>`), which exit
+ * without stopping the runtime: a restart is a fresh process, and stopping 10 000+ request
+ * actors costs XState minutes (each actor stop scans every scheduled event of the system).
+ * Heap figures need `--expose-gc` and the restart room for 100 000 actors, so the script
+ * re-executes itself with `--expose-gc --max-old-space-size=8192` when started without gc.
+ * Ends with one `target` line per goal. Environment: BENCH_RUNTIME_SECONDS (default 2),
+ * BENCH_RUNTIME_ROUNDS (lifecycle rounds, default 2), BENCH_RUNTIME_RESTART_ROUNDS (default
+ * 1), BENCH_RUNTIME_PARTS (default `lifecycles,heap,restart`).
+ */
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { cpus, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import Database from 'better-sqlite3'
+import { createActor } from 'xstate'
+import { createFakeBuilder } from '../src/build/fake.js'
+import { createStovepipe, type QueueHandle, type Storage, type Stovepipe, type WriteOp } from '../src/index.js'
+import type { RequestContext } from '../src/machines/index.js'
+import { createFakeSourceControl } from '../src/sourcecontrol/fake.js'
+import { openSqliteStorage } from '../src/storage/sqlite/index.js'
+import {
+  BareSystem,
+  buildingRow,
+  createHeldBuilder,
+  createStatelessSourceControl,
+  progress,
+  queueConfig,
+  settledHeap,
+  shapeOf,
+  since,
+  stubRequestMachine,
+  until,
+} from './runtime-support.js'
+import { median, printTargets, type Target } from './support.js'
+
+const SECONDS = Number(process.env.BENCH_RUNTIME_SECONDS ?? 2)
+const LIFECYCLE_ROUNDS = Number(process.env.BENCH_RUNTIME_ROUNDS ?? 2)
+const RESTART_ROUNDS = Number(process.env.BENCH_RUNTIME_RESTART_ROUNDS ?? 1)
+const PARTS = new Set((process.env.BENCH_RUNTIME_PARTS ?? 'lifecycles,heap,restart').split(','))
+const QUEUE_COUNTS = [1, 100, 1000] as const
+const IDLE_QUEUES = 1000
+const HELD_QUEUES = 100
+const HELD_PER_QUEUE = 100
+/** Requests held in flight by the bare reference (fewer: XState's stepping is quadratic in scheduled timers). */
+const BARE_HELD = 2000
+const RESTART_QUEUES = 1000
+const RESTART_PER_QUEUE = 100
+const FINAL_STATES = "('recorded', 'superseded', 'cancelled')"
+
+type Sync = 'NORMAL' | 'FULL'
+type Kind = 'ours' | 'naive'
+
+/** One lifecycle run. */
+interface Run {
+  rate: number
+  count: number
+  ms: number
+  /** Ops per storage commit (runtime runs only). */
+  opsPerCommit?: number
+}
+
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i)
+
+/** Waits until the runtime's writer has nothing pending and the event log is flushed. */
+async function drained(sp: Stovepipe): Promise<void> {
+  await sp.events.flush()
+  await until(() => sp.writer.stats().pending === 0 && !sp.writer.stats().flushing, 60_000, 'the writer to drain')
+}
+
+/** Each queue loops ingest → recorded until the deadline (at least once); returns lifecycles/s. */
+async function loopQueues(queues: number, ms: number, lifecycle: (queue: number, k: number) => Promise<void>): Promise<Run> {
+  let count = 0
+  const start = performance.now()
+  const deadline = start + ms
+  await Promise.all(
+    range(queues).map(async (q) => {
+      for (let k = 0; k === 0 || performance.now() < deadline; k++) {
+        await lifecycle(q, k)
+        count++
+      }
+    }),
+  )
+  const elapsed = since(start)
+  return { rate: count / (elapsed / 1000), count, ms: elapsed }
+}
+
+/** 1b. Our runtime (default writer, or the naive one-op-per-transaction writer) on a fresh SQLite file. */
+async function runtimeLifecycles(dir: string, kind: Kind, sync: Sync, queues: number, ms: number): Promise<Run> {
+  const storage = await openSqliteStorage({ filename: join(dir, `${kind}-${sync}-${queues}-${Date.now()}.db`), synchronous: sync })
+  const sc = createFakeSourceControl()
+  const builder = createFakeBuilder({ outcome: () => 'passed', durationMs: 0 })
+  const sp = await createStovepipe({
+    storage,
+    sourceControl: sc,
+    builder,
+    ...(kind === 'naive' ? { writer: { maxBatch: 1, lingerMs: 0 } } : {}),
+  })
+  try {
+    const handles: QueueHandle[] = await Promise.all(range(queues).map((q) => sp.queue(`q${q}`, { ref: `r${q}` })))
+    await drained(sp)
+    const before = sp.writer.stats()
+    let notGreen = 0
+    const run = await loopQueues(queues, ms, async (q, k) => {
+      sc.commit(`r${q}`, `c${q}-${k}`)
+      const handle = handles[q] as QueueHandle
+      const { id } = await handle.ingest()
+      const view = await handle.waitFor(id, 'recorded')
+      if (view.verdict !== 'green') notGreen++
+    })
+    await drained(sp)
+    const after = sp.writer.stats()
+    if (notGreen > 0) throw new Error(`${notGreen} lifecycles did not end green`)
+    if (after.deadLettered !== before.deadLettered) throw new Error(`${after.deadLettered - before.deadLettered} ops dead-lettered`)
+    return { ...run, opsPerCommit: (after.committed - before.committed) / Math.max(1, after.batches - before.batches) }
+  } finally {
+    await sp.stop()
+    await storage.close()
+  }
+}
+
+/** 1a. The bare XState baseline, same loop. */
+async function bareLifecycles(queues: number, ms: number): Promise<Run> {
+  const bare = new BareSystem()
+  try {
+    for (const q of range(queues)) bare.open(`q${q}`)
+    return await loopQueues(queues, ms, (q) => bare.lifecycle(`q${q}`))
+  } finally {
+    bare.stop()
+  }
+}
+
+type Variant = 'bare' | `${Kind}-${Sync}`
+const VARIANTS: readonly Variant[] = ['bare', 'ours-NORMAL', 'naive-NORMAL', 'ours-FULL', 'naive-FULL']
+
+/** Per variant: median lifecycles/s over the rounds, and ops per commit (runtime variants). */
+interface LifecycleResults {
+  rate: Record<Variant, number>
+  opsPerCommit: Record<Variant, number>
+}
+
+async function runVariant(dir: string, variant: Variant, queues: number, ms: number): Promise<Run> {
+  if (variant === 'bare') return bareLifecycles(queues, ms)
+  const [kind, sync] = variant.split('-') as [Kind, Sync]
+  return runtimeLifecycles(dir, kind, sync, queues, ms)
+}
+
+async function benchLifecycles(dir: string): Promise<Map<number, LifecycleResults>> {
+  progress(`warm-up: 1 s of bare and of ours at 100 queues`)
+  await bareLifecycles(100, 1000)
+  await runtimeLifecycles(dir, 'ours', 'NORMAL', 100, 1000)
+  const results = new Map<number, LifecycleResults>()
+  for (const queues of QUEUE_COUNTS) {
+    const runs = new Map<Variant, Run[]>(VARIANTS.map((v) => [v, []]))
+    for (let round = 0; round < LIFECYCLE_ROUNDS; round++) {
+      // Alternate the order so that drift in machine load does not favour one variant.
+      for (const variant of round % 2 === 0 ? VARIANTS : [...VARIANTS].reverse()) {
+        const run = await runVariant(dir, variant, queues, SECONDS * 1000)
+        runs.get(variant)?.push(run)
+        progress(
+          `${queues} queue(s), round ${round + 1}: ${variant} ${run.rate.toFixed(0)}/s (${run.count} in ${run.ms.toFixed(0)} ms${run.opsPerCommit === undefined ? '' : `, ${run.opsPerCommit.toFixed(1)} ops/commit`})`,
+        )
+      }
+    }
+    const pick = (f: (run: Run) => number): Record<Variant, number> =>
+      Object.fromEntries(VARIANTS.map((v) => [v, median((runs.get(v) ?? []).map(f))])) as Record<Variant, number>
+    results.set(queues, { rate: pick((r) => r.rate), opsPerCommit: pick((r) => r.opsPerCommit ?? Number.NaN) })
+  }
+  return results
+}
+
+/** Heap figures, bytes per item. */
+interface HeapResult {
+  idle: number
+  inFlight: number
+}
+
+/**
+ * 2, ours (in a child process, which exits without stopping: stopping 10 000 requests in
+ * flight takes XState longer than measuring them).
+ */
+async function heapOurs(dir: string): Promise<HeapResult> {
+  const storage = await openSqliteStorage({ filename: join(dir, 'heap.db') })
+  const builder = createHeldBuilder()
+  const sp = await createStovepipe({ storage, sourceControl: createStatelessSourceControl(), builder })
+  // Warm the code paths (one queue, one held request) before the first reading.
+  const warm = await sp.queue('warm', queueConfig('warm'))
+  await warm.ingest()
+  await until(() => builder.started() === 1, 10_000, 'the warm-up build')
+  await drained(sp)
+
+  let before = await settledHeap()
+  await Promise.all(range(IDLE_QUEUES).map((q) => sp.queue(`idle${q}`, queueConfig(`idle${q}`))))
+  await drained(sp)
+  const idle = ((await settledHeap()) - before) / IDLE_QUEUES
+  progress(`heap: ${IDLE_QUEUES} idle queues, ${idle.toFixed(0)} B each`)
+
+  const held = await Promise.all(range(HELD_QUEUES).map((q) => sp.queue(`held${q}`, queueConfig(`held${q}`, HELD_PER_QUEUE))))
+  await drained(sp)
+  before = await settledHeap()
+  const total = HELD_QUEUES * HELD_PER_QUEUE
+  const start = performance.now()
+  await Promise.all(
+    held.map(async (handle) => {
+      for (let k = 0; k < HELD_PER_QUEUE; k++) await handle.ingest()
+    }),
+  )
+  await until(() => builder.started() === total + 1, 300_000, `${total} builds to start`)
+  await drained(sp)
+  progress(`heap: ${total} requests ingested and building after ${since(start).toFixed(0)} ms`)
+  const inFlightCount = held.reduce((sum, handle) => sum + handle.inFlight().length, 0)
+  if (inFlightCount !== total) throw new Error(`expected ${total} requests in flight, found ${inFlightCount}`)
+  const inFlight = ((await settledHeap()) - before) / total
+  progress(`heap: ${total} requests in flight, ${inFlight.toFixed(0)} B each`)
+  await storage.close()
+  return { idle, inFlight }
+}
+
+/** 2, bare XState (in a child process too). */
+async function heapBare(): Promise<HeapResult> {
+  const bare = new BareSystem({ holdBuilds: true })
+  bare.open('warm')
+  bare.mint('warm')
+  let before = await settledHeap()
+  for (const q of range(IDLE_QUEUES)) bare.open(`idle${q}`)
+  const idle = ((await settledHeap()) - before) / IDLE_QUEUES
+  const queues = BARE_HELD / HELD_PER_QUEUE
+  for (const q of range(queues)) bare.open(`held${q}`, HELD_PER_QUEUE)
+  before = await settledHeap()
+  for (const q of range(queues)) for (let k = 0; k < HELD_PER_QUEUE; k++) bare.mint(`held${q}`)
+  await until(() => bare.building === BARE_HELD + 1, 300_000, 'bare requests to reach building')
+  const inFlight = ((await settledHeap()) - before) / BARE_HELD
+  progress(`heap: bare ${idle.toFixed(0)} B per idle queue, ${inFlight.toFixed(0)} B per request in flight`)
+  return { idle, inFlight }
+}
+
+/** A real runtime's row for a request in `building`, to check that the synthesized rows have its shape. */
+async function checkRowShape(dir: string): Promise<string | undefined> {
+  const storage = await openSqliteStorage({ filename: join(dir, 'shape.db') })
+  const builder = createHeldBuilder()
+  const sp = await createStovepipe({ storage, sourceControl: createStatelessSourceControl(), builder })
+  try {
+    const config = queueConfig('q0', RESTART_PER_QUEUE)
+    const handle = await sp.queue('q0', config)
+    const { id } = await handle.ingest()
+    await until(() => builder.started() === 1, 10_000, 'the build to start')
+    await drained(sp)
+    const real = await storage.requests.get(id)
+    const ours = buildingRow('q0', 1, real.createdAt, config)
+    const problems: string[] = []
+    for (const key of ['state', 'version'] as const) if (real[key] !== ours[key]) problems.push(`${key} ${real[key]} vs ${ours[key]}`)
+    const realShape = shapeOf(real.data).join(',')
+    const ourShape = shapeOf(ours.data).join(',')
+    if (realShape !== ourShape) problems.push(`data keys [${realShape}] vs [${ourShape}]`)
+    const step = (real.data as { step?: string }).step
+    if (step !== 'processing.building') problems.push(`step ${step}`)
+    return problems.length === 0 ? undefined : problems.join('; ')
+  } finally {
+    await sp.stop()
+    await storage.close()
+  }
+}
+
+/** Writes the queues and in-flight request rows of the restart case straight through storage.commit. */
+async function writeRestartState(storage: Storage): Promise<void> {
+  const at = Date.now()
+  const QUEUES_PER_COMMIT = 20
+  for (let from = 0; from < RESTART_QUEUES; from += QUEUES_PER_COMMIT) {
+    const ops: WriteOp[] = []
+    for (let q = from; q < Math.min(RESTART_QUEUES, from + QUEUES_PER_COMMIT); q++) {
+      const name = `q${q}`
+      const config = queueConfig(name, RESTART_PER_QUEUE)
+      ops.push({ op: 'queue.create', record: { name, version: 0, config: config as never, createdAt: at, updatedAt: at } })
+      for (let n = 1; n <= RESTART_PER_QUEUE; n++) {
+        const record = buildingRow(name, n, at, config)
+        ops.push(
+          { op: 'counter.next', queue: name },
+          { op: 'requestUri.create', mapping: { queue: name, uri: record.uri, requestId: record.id } },
+          { op: 'request.create', record },
+        )
+      }
+    }
+    const results = await storage.commit(ops)
+    const failed = results.filter((r) => r.status !== 'ok').length
+    if (failed > 0) throw new Error(`${failed} setup ops failed`)
+  }
+}
+
+interface RestartRound {
+  ours: number
+  oursResumed: number
+  base: number
+}
+
+/**
+ * 3, ours (in a child process: a restart is a fresh process, and it exits without stopping):
+ * createStovepipe on the reopened file, until it returns; then until every build restarted.
+ */
+async function restartOurs(filename: string): Promise<{ opened: number; resumed: number }> {
+  const total = RESTART_QUEUES * RESTART_PER_QUEUE
+  const storage = await openSqliteStorage({ filename })
+  const builder = createHeldBuilder()
+  const start = performance.now()
+  const sp = await createStovepipe({ storage, sourceControl: createStatelessSourceControl(), builder })
+  const opened = since(start)
+  await until(() => builder.started() === total, 600_000, `${total} builds to restart`)
+  const resumed = since(start)
+  const queues = sp.queues()
+  if (queues.length !== RESTART_QUEUES) throw new Error(`${queues.length} queues open, expected ${RESTART_QUEUES}`)
+  let missing = 0
+  for (const handle of queues) {
+    const inFlight = handle.inFlight()
+    for (const r of inFlight) if (r.state !== 'processing' || sp.system.get(r.id) === undefined) missing++
+    missing += RESTART_PER_QUEUE - inFlight.length
+  }
+  if (missing > 0) throw new Error(`${missing} requests were not resumed`)
+  return { opened, resumed }
+}
+
+/** 3, baseline (in a child process): raw rows, JSON.parse, one bare request actor per row (builds held). */
+function restartBaseline(filename: string): number {
+  const total = RESTART_QUEUES * RESTART_PER_QUEUE
+  const machine = stubRequestMachine({ holdBuilds: true })
+  const start = performance.now()
+  const raw = new Database(filename, { readonly: true })
+  const rows = raw.prepare<[], { data: string }>(`SELECT * FROM requests WHERE state NOT IN ${FINAL_STATES}`).all()
+  const actors = rows.map((row) => {
+    const { context } = JSON.parse(row.data) as { context: RequestContext }
+    return createActor(machine, { input: { kind: 'resume', context } }).start()
+  })
+  const elapsed = since(start)
+  raw.close()
+  const building = actors.filter((actor) => actor.getSnapshot().matches({ processing: 'building' })).length
+  if (building !== total) throw new Error(`baseline: ${building} of ${total} actors in building`)
+  return elapsed
+}
+
+async function benchRestart(dir: string): Promise<{ rounds: RestartRound[]; shapeProblem: string | undefined; setupMs: number }> {
+  const shapeProblem = await checkRowShape(dir)
+  const filename = join(dir, 'restart.db')
+  const setupStart = performance.now()
+  const storage = await openSqliteStorage({ filename })
+  await writeRestartState(storage)
+  await storage.close()
+  const setupMs = since(setupStart)
+  progress(`restart: ${RESTART_QUEUES * RESTART_PER_QUEUE} rows written in ${setupMs.toFixed(0)} ms`)
+  const rounds: RestartRound[] = []
+  for (let round = 0; round < RESTART_ROUNDS; round++) {
+    const runOurs = (): { opened: number; resumed: number } => inChild('restart-ours', filename) as { opened: number; resumed: number }
+    const runBase = (): number => inChild('restart-baseline', filename) as number
+    let ours: { opened: number; resumed: number }
+    let base: number
+    if (round % 2 === 0) {
+      ours = runOurs()
+      base = runBase()
+    } else {
+      base = runBase()
+      ours = runOurs()
+    }
+    rounds.push({ ours: ours.opened, oursResumed: ours.resumed, base })
+    progress(
+      `restart round ${round + 1}: ours ${ours.opened.toFixed(0)} ms to open (${ours.resumed.toFixed(0)} ms until every build restarted), baseline ${base.toFixed(0)} ms`,
+    )
+  }
+  return { rounds, shapeProblem, setupMs }
+}
+
+/** Runs `--child <name> <args>` of this script in a fresh process (same node flags) and returns its RESULT. */
+function inChild(name: string, ...args: string[]): unknown {
+  const script = process.argv[1] as string
+  const child = spawnSync(process.execPath, [...process.execArgv, script, '--child', name, ...args], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    encoding: 'utf8',
+    maxBuffer: 1 << 24,
+  })
+  const line = child.stdout.split('\n').find((l) => l.startsWith('RESULT '))
+  if (child.status !== 0 || line === undefined) throw new Error(`child ${name} failed (status ${String(child.status)}): ${child.stdout}`)
+  return JSON.parse(line.slice('RESULT '.length))
+}
+
+/** The child side of {@link inChild}: measures, prints `RESULT <json>`, exits without stopping anything. */
+async function child(name: string | undefined, arg: string | undefined): Promise<void> {
+  let result: unknown
+  if (name === 'heap-ours' && arg !== undefined) result = await heapOurs(arg)
+  else if (name === 'heap-bare') result = await heapBare()
+  else if (name === 'restart-ours' && arg !== undefined) result = await restartOurs(arg)
+  else if (name === 'restart-baseline' && arg !== undefined) result = restartBaseline(arg)
+  else throw new Error(`unknown child ${String(name)} ${String(arg)}`)
+  process.stdout.write(`RESULT ${JSON.stringify(result)}\n`, () => process.exit(0))
+}
+
+const pad = (text: string, width: number): string => text.padStart(width)
+
+function reportLifecycles(lifecycles: Map<number, LifecycleResults>, targets: Target[]): void {
+  console.log('')
+  console.log(`lifecycles/s (ingest → recorded), one request in flight per queue; median of ${LIFECYCLE_ROUNDS} rounds`)
+  console.log(`${'case'.padEnd(34)}${QUEUE_COUNTS.map((q) => pad(`${q} queue${q === 1 ? '' : 's'}`, 14)).join('')}`)
+  const row = (label: string, cell: (r: LifecycleResults) => number, digits = 0): void => {
+    console.log(
+      `${label.padEnd(34)}${QUEUE_COUNTS.map((q) => pad(cell(lifecycles.get(q) as LifecycleResults).toFixed(digits), 14)).join('')}`,
+    )
+  }
+  row('bare XState (no persistence)', (r) => r.rate.bare)
+  for (const sync of ['NORMAL', 'FULL'] as const) {
+    row(`ours, synchronous ${sync}`, (r) => r.rate[`ours-${sync}`])
+    row(`naive (1 op/txn), ${sync}`, (r) => r.rate[`naive-${sync}`])
+  }
+  row('ours/bare (NORMAL)', (r) => r.rate['ours-NORMAL'] / r.rate.bare, 2)
+  for (const sync of ['NORMAL', 'FULL'] as const) {
+    row(`ours/naive (${sync})`, (r) => r.rate[`ours-${sync}`] / r.rate[`naive-${sync}`], 2)
+  }
+  for (const sync of ['NORMAL', 'FULL'] as const) row(`ops per commit, ours ${sync}`, (r) => r.opsPerCommit[`ours-${sync}`], 1)
+  for (const queues of QUEUE_COUNTS) {
+    const r = lifecycles.get(queues) as LifecycleResults
+    const label = `${queues} queue${queues === 1 ? '' : 's'}`
+    targets.push({ name: `lifecycles ours/bare XState, ${label}`, value: r.rate['ours-NORMAL'] / r.rate.bare, goal: 0.3, unit: 'x' })
+    targets.push({
+      name: `lifecycles ours/naive, synchronous FULL, ${label}`,
+      value: r.rate['ours-FULL'] / r.rate['naive-FULL'],
+      goal: 8,
+      unit: 'x',
+    })
+    targets.push({
+      name: `lifecycles ours/naive, synchronous NORMAL, ${label}`,
+      value: r.rate['ours-NORMAL'] / r.rate['naive-NORMAL'],
+      goal: 1.5,
+      unit: 'x',
+    })
+  }
+}
+
+function reportHeap(heap: { ours: HeapResult; bare: HeapResult }, targets: Target[]): void {
+  console.log('')
+  console.log(`heap (full GC, heapUsed delta per item)           ours        bare XState`)
+  console.log(
+    `per idle queue actor (${IDLE_QUEUES} queues)          ${pad(heap.ours.idle.toFixed(0), 10)} B  ${pad(heap.bare.idle.toFixed(0), 10)} B`,
+  )
+  console.log(
+    `per request in flight (in building)         ${pad(heap.ours.inFlight.toFixed(0), 10)} B  ${pad(heap.bare.inFlight.toFixed(0), 10)} B   (ours ${HELD_QUEUES * HELD_PER_QUEUE}, bare ${BARE_HELD} requests)`,
+  )
+  targets.push({ name: 'heap per idle queue actor', value: heap.ours.idle, goal: 4096, atMost: true, unit: ' B' })
+  targets.push({ name: 'heap per request in flight', value: heap.ours.inFlight, goal: 4096, atMost: true, unit: ' B' })
+}
+
+function reportRestart(restart: Awaited<ReturnType<typeof benchRestart>>, targets: Target[]): void {
+  const total = RESTART_QUEUES * RESTART_PER_QUEUE
+  const ours = median(restart.rounds.map((r) => r.ours))
+  const oursResumed = median(restart.rounds.map((r) => r.oursResumed))
+  const base = median(restart.rounds.map((r) => r.base))
+  console.log('')
+  console.log(
+    `restart, ${total} requests in flight over ${RESTART_QUEUES} queues (${restart.rounds.length} rounds, median; rows written in ${restart.setupMs.toFixed(0)} ms)`,
+  )
+  console.log(`ours: createStovepipe until every queue open, every request actor in building   ${pad(ours.toFixed(0), 7)} ms`)
+  console.log(`ours: … until every resumed request re-persisted its step and restarted its build ${pad(oursResumed.toFixed(0), 5)} ms`)
+  console.log(`baseline: raw SELECT + JSON.parse + ${total} bare request actors               ${pad(base.toFixed(0), 7)} ms`)
+  console.log(`ratio ours/baseline ${(ours / base).toFixed(2)} (with every build restarted ${(oursResumed / base).toFixed(2)})`)
+  console.log(
+    restart.shapeProblem === undefined
+      ? 'synthesized rows have the shape a real runtime writes (state, version, data keys, step)'
+      : `SYNTHESIZED ROWS DIFFER FROM THE RUNTIME'S: ${restart.shapeProblem}`,
+  )
+  targets.push({
+    name: `restart of ${total} requests in flight, ours/baseline`,
+    value: restart.shapeProblem === undefined ? ours / base : Number.NaN,
+    goal: 2,
+    atMost: true,
+    unit: 'x',
+  })
+}
+
+async function main(): Promise<void> {
+  console.log(
+    `bench:runtime — SQLite file (WAL), fake builder at 0 ms, real clock, ${SECONDS} s per lifecycle case; node ${process.version}, ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown cpu'})`,
+  )
+  const dir = mkdtempSync(join(tmpdir(), 'stovepipe-bench-runtime-'))
+  const targets: Target[] = []
+  const started = performance.now()
+  try {
+    // Measure everything first, then print: progress goes to stderr meanwhile.
+    const lifecycles = PARTS.has('lifecycles') ? await benchLifecycles(dir) : undefined
+    const heap = PARTS.has('heap') ? { ours: inChild('heap-ours', dir) as HeapResult, bare: inChild('heap-bare') as HeapResult } : undefined
+    const restart = PARTS.has('restart') ? await benchRestart(dir) : undefined
+    if (lifecycles !== undefined) reportLifecycles(lifecycles, targets)
+    if (heap !== undefined) reportHeap(heap, targets)
+    if (restart !== undefined) reportRestart(restart, targets)
+    console.log('')
+    console.log(`whole bench ${(since(started) / 1000).toFixed(0)} s`)
+    printTargets(targets)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+if (typeof (globalThis as { gc?: unknown }).gc !== 'function') {
+  // Heap figures need full collections, and the restart case room for 100 000 actors.
+  const script = process.argv[1]
+  if (script === undefined) throw new Error('cannot find the script path to re-execute with --expose-gc')
+  const child = spawnSync(
+    process.execPath,
+    [...process.execArgv, '--expose-gc', '--max-old-space-size=8192', script, ...process.argv.slice(2)],
+    { stdio: 'inherit' },
+  )
+  process.exitCode = child.status ?? 1
+} else if (process.argv[2] === '--child') {
+  await child(process.argv[3], process.argv[4])
+} else {
+  await main()
+}
