@@ -3,6 +3,8 @@ import { execFile } from 'node:child_process'
 import { resolve } from 'node:path'
 import { promisify } from 'node:util'
 import { describe, expect, it } from 'vitest'
+import { createTempRepo } from './support/git-repo.js'
+import { tempDir } from './support/sqlite.js'
 
 const run = promisify(execFile)
 const ROOT = resolve(import.meta.dirname, '..')
@@ -39,5 +41,22 @@ describe('examples', () => {
     expect(out).toContain('request/main/3 fake://c3 red; last green fake://c2')
     const relayed = Number(/relayed (\d+) inspection events/.exec(out)?.[1])
     expect(relayed).toBeGreaterThan(10)
+  }, 60_000)
+
+  it('real-repo.ts (the README example) validates a real repository head with git and the shell builder', async () => {
+    const repo = await createTempRepo()
+    const state = tempDir('stovepipe-example-')
+    try {
+      const sha = await repo.commit('first', { 'check.sh': 'echo checked\n' })
+      const env = { STOVEPIPE_DB: `${state.dir}/stovepipe.db` }
+      const out = await example('real-repo.ts', [repo.dir, 'main', 'sh ./check.sh'], env)
+      expect(out).toContain(`request/main/1 ${repo.uri(sha)}: green (full)`)
+      expect(out).toContain(`last green: ${repo.uri(sha)} (request/main/1)`)
+      const again = await example('real-repo.ts', [repo.dir, 'main', 'sh ./check.sh'], env)
+      expect(again).toContain(`request/main/1 ${repo.uri(sha)} (seen before): green (full)`)
+    } finally {
+      repo.remove()
+      state.remove()
+    }
   }, 60_000)
 })

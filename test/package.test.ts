@@ -100,9 +100,14 @@ describe('npm pack', () => {
        import { openSqliteStorage } from 'stovepipe/storage/sqlite'
        import { openMysqlStorage } from 'stovepipe/storage/mysql'
        import { describeStorageContract } from 'stovepipe/testing'
+       import { createGitSourceControl } from 'stovepipe/sourcecontrol/git'
+       import { createFakeSourceControl } from 'stovepipe/sourcecontrol/fake'
+       import { createShellBuilder } from 'stovepipe/build/shell'
+       import { createFakeBuilder } from 'stovepipe/build/fake'
        const s: Storage = createMemoryStorage()
        const code: 'VERSION_MISMATCH' = new VersionMismatchError('x').code
        export { s, code, openSqliteStorage, openMysqlStorage, describeStorageContract }
+       export { createGitSourceControl, createFakeSourceControl, createShellBuilder, createFakeBuilder }
       `,
     )
     const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
@@ -111,5 +116,15 @@ describe('npm pack', () => {
       (error: unknown) => String((error as { stdout?: unknown }).stdout),
     )
     expect(stdout).toBe('')
+  }, 60_000)
+
+  it('ships the stovepipe command, which runs from the tarball', async () => {
+    const manifest = JSON.parse(readFileSync(join(modules, 'stovepipe', 'package.json'), 'utf8')) as { bin: Record<string, string> }
+    const bin = join(modules, 'stovepipe', manifest.bin.stovepipe ?? '')
+    const { stdout } = await run(process.execPath, [bin, '--help'], { cwd: scratch.dir })
+    expect(stdout).toContain('Usage: stovepipe <command> [options]')
+    const version = await run(process.execPath, [bin, '--version'], { cwd: scratch.dir })
+    expect(version.stdout.trim()).toBe((JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version)
+    expect(readFileSync(bin, 'utf8').startsWith('#!/usr/bin/env node')).toBe(true)
   }, 60_000)
 })
