@@ -22,6 +22,9 @@ const spec = (name: string, summary: string, positionals: string[], extra: Comma
   ...(details === undefined ? {} : { details }),
 })
 
+/** Lines of a build log `why` shows for a commit that is not green. */
+const LOG_LINES = 20
+
 /** `stovepipe status`. */
 export const STATUS = spec('status', 'Show every queue: last green, requests in flight, counts.', [])
 /** `stovepipe last-green`. */
@@ -50,7 +53,8 @@ export const WHY = spec(
   'Explain whether a commit is green and, if not, why: fact, verdict, request, superseded by, still in flight.',
   ['<queue>', '<sha>'],
   {},
-  'The sha may be abbreviated (at least 7 characters) or a full URI. Exit code 0 when green, 1 otherwise.',
+  'The sha may be abbreviated (at least 7 characters) or a full URI. Exit code 0 when green, 1 otherwise.\n' +
+    'For a red commit it also prints the end of its build log (the whole last 64 KiB is in --json and GET /requests/:id).',
 )
 
 interface Source {
@@ -188,7 +192,15 @@ export function whyCommand(parsed: Parsed, io: CliIo): Promise<number> {
   return withSource(parsed, io, async ({ reader }) => {
     const why = await reader.why(queue, commit)
     if (parsed.values.json === true) json(io, why)
-    else io.stdout.write(`${why.summary}\n`)
+    else {
+      io.stdout.write(`${why.summary}\n`)
+      const log = why.request?.build?.log
+      if (why.status !== 'green' && typeof log === 'string' && log.trim() !== '') {
+        const lines = log.trimEnd().split('\n').slice(-LOG_LINES)
+        io.stdout.write(`\nlast ${lines.length} line(s) of the build log of ${why.request?.id ?? 'the request'}:\n`)
+        io.stdout.write(lines.map((line) => `  ${line}\n`).join(''))
+      }
+    }
     return why.status === 'green' ? 0 : 1
   })
 }

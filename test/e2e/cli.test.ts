@@ -166,6 +166,7 @@ describe('stovepipe (end to end)', () => {
     expect(why.code).toBe(1)
     expect(why.stdout).toContain('red')
     expect(why.stdout).toContain('request/main/2')
+    expect(why.stdout).toContain('status: broken') // the end of the build log
 
     // A merge commit: the fix lands through a side branch; the merge is validated incrementally.
     await repo.checkout('fix', { create: true })
