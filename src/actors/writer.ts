@@ -14,6 +14,9 @@
  *   full jitter on the injected clock, up to `retry.maxAttempts` commits;
  * - a deterministic failure splits the batch in halves until the poison op stands alone,
  *   so its neighbours commit;
+ * - an atomic write (`write(ops, { atomic: true })`) is never split: its ops commit in one
+ *   transaction (a batch closes early or late rather than cut it), and if one of them is
+ *   poison the whole write is dead-lettered with that error;
  * - conservation: every accepted op ends committed (its `WriteResult`) or dead-lettered
  *   (`{ status: 'dead_lettered' }`), never dropped; dead letters go to the `dead_letters`
  *   table when storage works and are kept in memory (and reported) when it does not;
@@ -109,10 +112,19 @@ export interface WriterStats {
  */
 export const WRITE_PREPARED = Symbol('stovepipe.writePrepared')
 
+/** Options of one {@link Writer.write}. */
+export interface WriteOptions {
+  /** Never split these ops across transactions (default false: ops may be split, see poison isolation). */
+  atomic?: boolean
+}
+
 /** The writer. Create with {@link createWriter}. */
 export interface Writer {
-  /** Queues ops; resolves with one result per op once committed or dead-lettered. */
-  write(ops: readonly WriteOp[]): Promise<WriterResult[]>
+  /**
+   * Queues ops; resolves with one result per op once committed or dead-lettered. With
+   * `atomic`, the ops always share one transaction (all dead-lettered together if one is poison).
+   */
+  write(ops: readonly WriteOp[], options?: WriteOptions): Promise<WriterResult[]>
   /** Refuses new ops, drains within `deadlineMs` (default 10 000), reports. Idempotent. */
   stop(options?: { deadlineMs?: number }): Promise<DrainReport>
   stats(): WriterStats
@@ -122,10 +134,14 @@ export interface Writer {
   readonly registry: Registry
   readonly name: string
   /** @internal */
-  [WRITE_PREPARED]?: (ops: readonly WriteOp[], prepared: readonly PreparedOp[]) => Promise<WriterResult[]>
+  [WRITE_PREPARED]?: (ops: readonly WriteOp[], prepared: readonly PreparedOp[], options?: WriteOptions) => Promise<WriterResult[]>
 }
 
 interface Job {
+  /** Never split across transactions. */
+  atomic: boolean
+  /** Number of ops. */
+  size: number
   results: WriterResult[]
   remaining: number
   resolve: (results: WriterResult[]) => void
@@ -139,6 +155,21 @@ interface Entry {
   index: number
 }
 
+/**
+ * Where to split a failing batch: near the middle, never inside an atomic job; undefined
+ * when it cannot be split (one op, or one atomic job).
+ */
+function splitPoint(entries: readonly Entry[]): number | undefined {
+  if (entries.length < 2) return undefined
+  const middle = entries.length >> 1
+  const at = entries[middle] as Entry
+  if (!at.job.atomic || at.index === 0) return middle
+  const start = middle - at.index // the job's first entry
+  if (start > 0) return start
+  const end = start + at.job.size // just after the job
+  return end < entries.length ? end : undefined
+}
+
 /** FIFO of entries with O(1) amortized shift. */
 class EntryQueue {
   private items: Entry[] = []
@@ -149,8 +180,12 @@ class EntryQueue {
   push(entry: Entry): void {
     this.items.push(entry)
   }
+  /** Up to `n` entries, more when stopping at `n` would cut an atomic job (a job's entries are contiguous). */
   take(n: number): Entry[] {
-    const out = this.items.slice(this.head, this.head + n)
+    let end = Math.min(this.items.length, this.head + n)
+    const last = this.items[end - 1]
+    if (last !== undefined && last.job.atomic) end += last.job.size - 1 - last.index
+    const out = this.items.slice(this.head, end)
     this.head += out.length
     if (this.head > 1024 && this.head * 2 > this.items.length) {
       this.items = this.items.slice(this.head)
@@ -262,18 +297,18 @@ class GroupCommitWriter implements Writer {
     for (const series of [this.metrics.retries, this.metrics.deadLetters, this.metrics.committed]) series.inc({ writer: this.name }, 0)
   }
 
-  async write(ops: readonly WriteOp[]): Promise<WriterResult[]> {
+  async write(ops: readonly WriteOp[], options: WriteOptions = {}): Promise<WriterResult[]> {
     if (this.stopping) throw new StoppedError(`writer ${this.name} is stopped; it accepts no new ops`)
-    return this.accept(ops, prepareOps(ops)) // bad input: a typed error now, nothing accepted
+    return this.accept(ops, prepareOps(ops), options.atomic === true) // bad input: a typed error now, nothing accepted
   }
 
   /** {@link WRITE_PREPARED}: ops the caller validated into `prepared` itself. */
-  [WRITE_PREPARED](ops: readonly WriteOp[], prepared: readonly PreparedOp[]): Promise<WriterResult[]> {
+  [WRITE_PREPARED](ops: readonly WriteOp[], prepared: readonly PreparedOp[], options: WriteOptions = {}): Promise<WriterResult[]> {
     if (this.stopping) return Promise.reject(new StoppedError(`writer ${this.name} is stopped; it accepts no new ops`))
-    return this.accept(ops, prepared)
+    return this.accept(ops, prepared, options.atomic === true)
   }
 
-  private async accept(ops: readonly WriteOp[], prepared: readonly PreparedOp[]): Promise<WriterResult[]> {
+  private async accept(ops: readonly WriteOp[], prepared: readonly PreparedOp[], atomic: boolean): Promise<WriterResult[]> {
     if (ops.length === 0) return []
     if (ops.length > this.capacity) {
       throw new InvalidInputError(`a write of ${ops.length} ops exceeds the writer capacity of ${this.capacity}`)
@@ -287,7 +322,13 @@ class GroupCommitWriter implements Writer {
       this.pendingCount += ops.length
     }
     return new Promise<WriterResult[]>((resolve) => {
-      const job: Job = { results: new Array<WriterResult>(ops.length), remaining: ops.length, resolve }
+      const job: Job = {
+        atomic: atomic && ops.length > 1,
+        size: ops.length,
+        results: new Array<WriterResult>(ops.length),
+        remaining: ops.length,
+        resolve,
+      }
       ops.forEach((op, index) => {
         this.queue.push({ op, prepared: prepared[index] as PreparedOp, job, index })
       })
@@ -383,12 +424,12 @@ class GroupCommitWriter implements Writer {
           this.currentSleep = undefined
           continue
         }
-        if (entries.length === 1 || error instanceof StorageClosedError) {
+        const middle = splitPoint(entries)
+        if (middle === undefined || error instanceof StorageClosedError) {
           this.deadLetter(entries, error, failures)
           return
         }
-        // A deterministic failure: isolate the op causing it, committing the rest in order.
-        const middle = entries.length >> 1
+        // A deterministic failure: isolate the op (or atomic write) causing it, committing the rest in order.
         await this.commitEntries(entries.slice(0, middle))
         await this.commitEntries(entries.slice(middle))
         return

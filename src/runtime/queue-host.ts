@@ -231,10 +231,13 @@ export class QueueHost implements QueueHandle {
       // Last-green notifications first, in the same write: never a stored move without them.
       const moves = this.moves.slice()
       const outbox = moves.flatMap((move) => this.deps.lastGreenOutbox(move))
-      const results = await this.deps.writer.write([
-        ...outbox,
-        { op: 'queue.update', record: { ...record, version: this.version + 1 }, oldVersion: this.version, newVersion: this.version + 1 },
-      ])
+      const results = await this.deps.writer.write(
+        [
+          ...outbox,
+          { op: 'queue.update', record: { ...record, version: this.version + 1 }, oldVersion: this.version, newVersion: this.version + 1 },
+        ],
+        { atomic: true },
+      )
       this.movesWritten(moves.length, results.slice(0, outbox.length))
       const result = results[outbox.length]
       if (result?.status === 'ok') {
@@ -287,10 +290,13 @@ export class QueueHost implements QueueHandle {
     const at = Math.max(0, Math.floor(this.deps.clock.now()))
     const record = this.newRecord(id, n, uri, at)
     // The (queue, uri) claim first, then the row: a lost race reuses the winner's request.
-    const [claim, row] = await this.deps.writer.write([
-      { op: 'requestUri.create', mapping: { queue: this.name, uri, requestId: id } },
-      { op: 'request.create', record },
-    ])
+    const [claim, row] = await this.deps.writer.write(
+      [
+        { op: 'requestUri.create', mapping: { queue: this.name, uri, requestId: id } },
+        { op: 'request.create', record },
+      ],
+      { atomic: true },
+    )
     if (claim?.status === 'already_exists') {
       const winner = await this.deps.storage.requestUris.getIdByUri(this.name, uri)
       await this.heal(winner, uri)

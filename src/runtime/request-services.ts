@@ -134,7 +134,9 @@ export async function persistStep(
     const next = { ...context, ...extra }
     const record = requestRecord(next, step, state, oldVersion + 1, Math.max(0, Math.floor(deps.clock.now())))
     // Hook notifications first, in the same write: never a recorded change without its outbox entries.
-    const results = await deps.writer.write([...outbox, { op: 'request.update', record, oldVersion, newVersion: oldVersion + 1 }])
+    const results = await deps.writer.write([...outbox, { op: 'request.update', record, oldVersion, newVersion: oldVersion + 1 }], {
+      atomic: true,
+    })
     const result = results[results.length - 1]
     if (outbox.length > 0) outboxOutcome(deps, results.slice(0, -1), `hook notification of ${context.id}`)
     if (result === undefined) throw new StorageFailedError(`no result persisting ${context.id}`)
@@ -262,7 +264,7 @@ export function requestServices(deps: RequestServiceDeps) {
         newVersion: oldVersion + 1,
       },
     ]
-    const results = await deps.writer.write(ops)
+    const results = await deps.writer.write(ops, { atomic: true })
     const whole = results[0]
     const row = results[results.length - 1]
     if (whole === undefined || row === undefined) throw new StorageFailedError(`no result recording ${context.id}`)

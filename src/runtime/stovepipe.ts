@@ -318,10 +318,10 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
           verdictPayload(context, { verdict: 'indeterminate', degree: null, reason: context.reason }, now()),
           now(),
         )
-        const results = await writer.write([
-          ...outbox,
-          { op: 'request.update', record, oldVersion: row.version, newVersion: row.version + 1 },
-        ])
+        const results = await writer.write(
+          [...outbox, { op: 'request.update', record, oldVersion: row.version, newVersion: row.version + 1 }],
+          { atomic: true },
+        )
         if (outbox.length > 0) outboxOutcome({ logger, outboxWritten }, results.slice(0, -1), `hook notification of ${id}`)
         const result = results[results.length - 1]
         if (result?.status !== 'ok') throw new Error(`salvage write: ${result?.status ?? 'no result'}`)

@@ -345,6 +345,50 @@ describeBackends('writer properties', (backend) => {
     })
   }, 300_000)
 
+  it('W10 an atomic write is never split across transactions; a poison op dead-letters its whole atomic write', async () => {
+    const writes = fc.array(
+      fc.record({ size: fc.integer({ min: 1, max: 5 }), atomic: fc.boolean(), poisonAt: fc.option(fc.nat(6), { nil: undefined }) }),
+      { minLength: 1, maxLength: 12 },
+    )
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 1, max: 4 }), writes, async (maxBatch, plan) => {
+        const fixture = await backend.open()
+        try {
+          const clock = new SimulatedClock()
+          const storage = recordCommits(createFaultyStorage(fixture.storage, { poison: isPoison }), () => clock.now())
+          const writer = createWriter({ storage, clock, maxBatch, lingerMs: 0, retry: { maxAttempts: 1, baseDelayMs: 1, maxDelayMs: 1 } })
+          const batches = plan.map((w, i) =>
+            Array.from({ length: w.size }, (_, k): WriteOp => ({
+              op: 'fact.put',
+              fact: sampleFact('q0', i * 10 + k + 1, { uri: `fake://${w.poisonAt === k ? 'poison' : 'ok'}/${i}/${k}` }),
+            })),
+          )
+          // All written in one tick: they queue together and the batches cut across them.
+          const results = await Promise.all(batches.map((ops, i) => writer.write(ops, { atomic: plan[i]?.atomic ?? false })))
+          plan.forEach((w, i) => {
+            const ops = batches[i] ?? []
+            const got = results[i] ?? []
+            if (w.atomic) {
+              for (const commit of storage.commits.filter((c) => c.ok)) {
+                expect([0, ops.length]).toContain(commit.ops.filter((op) => ops.includes(op)).length)
+              }
+            }
+            const poisoned = w.poisonAt !== undefined && w.poisonAt < w.size
+            got.forEach((result, k) => {
+              const lost = poisoned && (w.atomic || k === w.poisonAt)
+              if (lost) expect(result).toMatchObject({ status: 'dead_lettered', error: { code: 'STORAGE_FAILED' } })
+              else expect(result.status).toBe('ok')
+            })
+          })
+          await writer.stop({ deadlineMs: 0 })
+        } finally {
+          await fixture.destroy()
+        }
+      }),
+      { numRuns: backend.runs },
+    )
+  }, 300_000)
+
   it('W7 stop drains: refuses new ops, finishes every accepted op, reports counts', async () => {
     await property(backend, faultySteps, { ops: mixedOps(0) }, async (r) => {
       await expect(r.writer.write([{ op: 'counter.next', queue: 'q0' }])).rejects.toBeInstanceOf(StoppedError)
