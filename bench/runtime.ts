@@ -44,7 +44,7 @@
  * re-executes itself with `--expose-gc --max-old-space-size=8192` when started without gc.
  * Ends with one `target` line per goal. Environment: BENCH_RUNTIME_SECONDS (default 2),
  * BENCH_RUNTIME_ROUNDS (lifecycle rounds, default 2), BENCH_RUNTIME_RESTART_ROUNDS (default
- * 1), BENCH_RUNTIME_PARTS (default `lifecycles,heap,restart`).
+ * 3: a single round swung between 1.5x and 2.3x), BENCH_RUNTIME_PARTS (default `lifecycles,heap,restart`).
  */
 import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -74,7 +74,7 @@ import { median, printTargets, type Target } from './support.js'
 
 const SECONDS = Number(process.env.BENCH_RUNTIME_SECONDS ?? 2)
 const LIFECYCLE_ROUNDS = Number(process.env.BENCH_RUNTIME_ROUNDS ?? 2)
-const RESTART_ROUNDS = Number(process.env.BENCH_RUNTIME_RESTART_ROUNDS ?? 1)
+const RESTART_ROUNDS = Number(process.env.BENCH_RUNTIME_RESTART_ROUNDS ?? 3)
 const PARTS = new Set((process.env.BENCH_RUNTIME_PARTS ?? 'lifecycles,heap,restart').split(','))
 const QUEUE_COUNTS = [1, 100, 1000] as const
 const IDLE_QUEUES = 1000
