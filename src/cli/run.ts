@@ -157,6 +157,8 @@ export async function runCommand(parsed: Parsed, io: CliIo): Promise<number> {
         lastProblem = ''
       } catch (error) {
         if (stopped()) break
+        // Bad configuration (not a git repository, a hostile ref) will not fix itself: stop.
+        if (error instanceof InvalidInputError) throw error
         const message = error instanceof Error ? error.message : String(error)
         // Say it once per distinct problem, not once per poll.
         if (message !== lastProblem) {

@@ -127,6 +127,9 @@ describe('stovepipe arguments', () => {
     expect((await cli('why', 'main')).stderr).toContain('missing <sha>')
     expect((await cli('status', 'extra', '--db', db)).stderr).toContain('unexpected argument "extra"')
     expect((await cli('frobnicate')).code).toBe(2)
+    const notRepo = await cli('run', '--repo', dir.dir, '--build', 'true', '--http', 'off', '--db', join(dir.dir, 'run.db'))
+    expect(notRepo.code).toBe(2)
+    expect(notRepo.stderr).toMatch(/stovepipe run: .*git/i)
     expect((await cli('status', '--db', db, '--url', 'http://127.0.0.1:1')).code).toBe(2)
   })
 
