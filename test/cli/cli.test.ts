@@ -9,7 +9,9 @@ import { main } from '../../src/cli/main.js'
 import { createFakeBuilder } from '../../src/build/fake.js'
 import { createStovepipe } from '../../src/index.js'
 import { createFakeSourceControl } from '../../src/sourcecontrol/fake.js'
+import { openMysqlStorage } from '../../src/storage/mysql/index.js'
 import { openSqliteStorage } from '../../src/storage/sqlite/index.js'
+import { createMysqlDatabase, describeMysql } from '../support/mysql.js'
 import { tempDir } from '../support/sqlite.js'
 
 const dir = tempDir('stovepipe-cli-')
@@ -149,4 +151,34 @@ describe('stovepipe arguments', () => {
     expect(result.code).toBe(4)
     expect(result.stderr).toContain('127.0.0.1:9')
   })
+})
+
+describeMysql('stovepipe read commands on MySQL', () => {
+  it('last-green, history and why read a MySQL database with --mysql', async () => {
+    const database = await createMysqlDatabase()
+    try {
+      const storage = await openMysqlStorage({ uri: database.url })
+      const sourceControl = createFakeSourceControl()
+      const sp = await createStovepipe({
+        storage,
+        sourceControl,
+        builder: createFakeBuilder({ outcome: (uri) => (uri.includes('bad') ? 'failed' : 'passed'), durationMs: 0 }),
+      })
+      const queue = await sp.queue('main', { ref: 'main' })
+      for (const sha of ['good001', 'bad0002']) {
+        sourceControl.commit('main', sha)
+        await queue.waitFor((await queue.ingest()).id)
+      }
+      await sp.stop()
+      await storage.close()
+      expect(await cli('last-green', 'main', '--mysql', database.url)).toEqual({ code: 0, stdout: 'good001 fake://good001\n', stderr: '' })
+      const history = JSON.parse((await cli('history', 'main', '--mysql', database.url, '--json')).stdout) as {
+        items: { verdict: string }[]
+      }
+      expect(history.items.map((r) => r.verdict)).toEqual(['red', 'green'])
+      expect((await cli('why', 'main', 'bad0002', '--mysql', database.url)).code).toBe(1)
+    } finally {
+      await database.drop()
+    }
+  }, 60_000)
 })
