@@ -5,6 +5,7 @@
  */
 import { createActor, enqueueActions, fromPromise, setup, type AnyActorRef } from 'xstate'
 import {
+  newQueueContext,
   newRequestContext,
   queueMachine,
   requestMachine,
@@ -17,7 +18,14 @@ import {
   type RequestContext,
   type RequestStep,
 } from '../src/machines/index.js'
-import type { BuildResult, BuildRunner, RequestRecord, SourceControl, SourceControlProvider } from '../src/index.js'
+import {
+  DEFAULT_QUEUE_CONFIG,
+  type BuildResult,
+  type BuildRunner,
+  type RequestRecord,
+  type SourceControl,
+  type SourceControlProvider,
+} from '../src/index.js'
 
 /** What the step actors get (`StepInput` of the request machine, which it does not export). */
 interface StubStepInput {
@@ -37,18 +45,8 @@ export function progress(line: string): void {
 
 /** A queue configuration as `normalizeQueueConfig` fills it in. */
 export function queueConfig(ref: string, maxConcurrent = 1): QueueConfig {
-  return { ref, maxConcurrent, maxValidationMs: 3_600_000, leaseGraceMs: 60_000, maxAttempts: 3 }
+  return { ref, ...DEFAULT_QUEUE_CONFIG, maxConcurrent }
 }
-
-const zeroStats = (): QueueContext['stats'] => ({
-  accepted: 0,
-  superseded: 0,
-  cancelled: 0,
-  green: 0,
-  red: 0,
-  indeterminate: 0,
-  leaseExpiries: 0,
-})
 
 /** Options of {@link stubRequestMachine}. */
 export interface StubOptions {
@@ -155,15 +153,7 @@ export class BareSystem {
 
   /** Spawns a queue actor. */
   open(name: string, maxConcurrent = 1): void {
-    const context: QueueContext = {
-      name,
-      config: queueConfig(name, maxConcurrent),
-      lastGreen: null,
-      requests: {},
-      leases: {},
-      expiredAt: 0,
-      stats: zeroStats(),
-    }
+    const context = newQueueContext(name, queueConfig(name, maxConcurrent))
     this.root.send({ type: 'queue.open', name, context })
     this.counters.set(name, 0)
   }

@@ -11,13 +11,14 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createShellBuilder } from '../build/shell.js'
 import { createStovepipe } from '../runtime/stovepipe.js'
-import type { QueueHandle } from '../runtime/queue-host.js'
+import type { IngestResult, QueueHandle } from '../runtime/queue-host.js'
 import { createGitSourceControlProvider } from '../sourcecontrol/git.js'
 import { git } from '../sourcecontrol/git-exec.js'
 import { createStatusReader } from '../status/index.js'
 import { openSqliteStorage } from '../storage/sqlite/index.js'
 import { stringOption, type CommandSpec, type Parsed } from './args.js'
-import { cliLogger, painter, shortSha, type CliIo } from './io.js'
+import { shortSha } from '../status/index.js'
+import { cliLogger, painter, type CliIo } from './io.js'
 import { Timeline } from './timeline.js'
 
 /** The `demo` subcommand. */
@@ -103,7 +104,7 @@ export async function demoCommand(parsed: Parsed, io: CliIo): Promise<number> {
     out(paint.bold(`Stovepipe demo: a throwaway repository at ${repoPath}, state in ${dbPath}`))
     out(`Build command: sh ./check.sh (passes while the file "status" says ok)\n`)
 
-    const push = async (subject: string, status: string, delay = 0): Promise<{ id: string }> => {
+    const push = async (subject: string, status: string, delay = 0): Promise<IngestResult> => {
       await repo.commit(subject, status, delay)
       const result = await queue.ingest()
       timeline.ingested('main', result, subject)
@@ -140,9 +141,8 @@ export async function demoCommand(parsed: Parsed, io: CliIo): Promise<number> {
     const rewritten = await push('Rewrite: squash the release', 'ok')
     await settle(queue, rewritten.id)
 
-    await timeline.flush()
     const reader = createStatusReader(storage)
-    const why = await reader.why('main', (await runtime.request(broken.id)).uri)
+    const why = await reader.why('main', broken.uri)
     const green = queue.lastGreen()
     out(paint.bold('\nWhy is the broken commit not green?'))
     out(`  ${why.summary}`)
@@ -151,7 +151,7 @@ export async function demoCommand(parsed: Parsed, io: CliIo): Promise<number> {
     out(`Requests: ${stats.green} green, ${stats.red} red, ${stats.indeterminate} indeterminate, ${stats.superseded} superseded.`)
     if (keep) {
       out(`\nKept. Try: stovepipe status --db ${dbPath}`)
-      out(`           stovepipe why main ${shortSha((await runtime.request(broken.id)).uri)} --db ${dbPath}`)
+      out(`           stovepipe why main ${shortSha(broken.uri)} --db ${dbPath}`)
     }
     const expected = stats.green === 5 && stats.red === 1 && stats.superseded === 1 && green?.requestId === rewritten.id
     if (!expected) {

@@ -51,14 +51,6 @@ export function cliLogger(io: CliIo, level: string | undefined): Logger {
   return pino({ level: chosen, base: { pid: process.pid } }, sink)
 }
 
-/** The first 7 characters of the sha in a URI (`…#<sha>` or `fake://<sha>`), or the URI itself. */
-export function shortSha(uri: string): string {
-  const hash = uri.lastIndexOf('#')
-  if (hash >= 0) return uri.slice(hash + 1, hash + 8)
-  const scheme = uri.indexOf('://')
-  return scheme >= 0 ? uri.slice(scheme + 3, scheme + 10) : uri
-}
-
 /** Epoch milliseconds as `YYYY-MM-DD HH:MM:SS` (UTC). */
 export function formatTime(at: number | null | undefined): string {
   if (at === null || at === undefined) return '-'

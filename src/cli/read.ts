@@ -7,11 +7,11 @@
  */
 import { renderEntry, type LogEntry } from '../actors/event-log.js'
 import { createHttpClient, followEvents } from '../http/index.js'
-import { createStatusReader, type StatusReader } from '../status/index.js'
+import { createStatusReader, shortSha, type StatusReader } from '../status/index.js'
 import { InvalidInputError } from '../storage/errors.js'
 import type { Storage } from '../storage/types.js'
 import { READ_OPTIONS, parsePositiveInt, stringOption, type CommandSpec, type Parsed } from './args.js'
-import { formatTime, painter, shortSha, table, type CliIo } from './io.js'
+import { formatTime, painter, table, type CliIo } from './io.js'
 import { openState } from './storage.js'
 
 const spec = (name: string, summary: string, positionals: string[], extra: CommandSpec['options'] = {}, details?: string): CommandSpec => ({

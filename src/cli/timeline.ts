@@ -6,7 +6,8 @@
  */
 import type { EventLog, Subscription } from '../actors/event-log.js'
 import type { RequestView } from '../runtime/views.js'
-import { formatTime, painter, shortSha, type CliIo } from './io.js'
+import { shortSha } from '../status/index.js'
+import { formatTime, painter, type CliIo } from './io.js'
 
 /** What the timeline needs from the runtime. */
 export interface TimelineSource {
@@ -44,11 +45,6 @@ export class Timeline {
     const about = subject === undefined ? '' : `  ${this.paint.dim(subject)}`
     if (result.deduplicated) this.line(`${queue}  head ${shortSha(result.uri)} already known as ${result.id}${about}`)
     else this.line(`${queue}  new head ${this.paint.bold(shortSha(result.uri))} -> ${result.id}${about}`)
-  }
-
-  /** A free-form note. */
-  note(text: string): void {
-    this.line(text)
   }
 
   /** Follows the event log from now on and prints builds starting and requests ending. */
@@ -112,11 +108,6 @@ export class Timeline {
   /** Waits for the lines already due, then stops following. */
   async close(): Promise<void> {
     this.subscription?.unsubscribe()
-    await this.chain
-  }
-
-  /** Waits for the lines already due. */
-  async flush(): Promise<void> {
     await this.chain
   }
 }

@@ -74,6 +74,19 @@ export interface QueueContext {
   }
 }
 
+/** The context of a queue with nothing in flight, no last green and zero counts. */
+export function newQueueContext(name: string, config: QueueConfig): QueueContext {
+  return {
+    name,
+    config,
+    lastGreen: null,
+    requests: {},
+    leases: {},
+    expiredAt: 0,
+    stats: { accepted: 0, superseded: 0, cancelled: 0, green: 0, red: 0, indeterminate: 0, leaseExpiries: 0 },
+  }
+}
+
 /** Input: the queue's context (new, or restored from storage). */
 export interface QueueInput {
   context: QueueContext

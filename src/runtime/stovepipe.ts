@@ -12,16 +12,7 @@
  */
 import type { Logger } from 'pino'
 import { Counter, Registry } from 'prom-client'
-import {
-  createActor,
-  enqueueActions,
-  fromCallback,
-  setup,
-  type ActorSystem,
-  type AnyActorRef,
-  type InspectionEvent,
-  type Observer,
-} from 'xstate'
+import { createActor, enqueueActions, fromCallback, setup, type AnyActorRef, type InspectionEvent, type Observer } from 'xstate'
 import { backoffDelay, systemClock, type Clock } from '../actors/clock.js'
 import { createEventLog, eventLogActor, type EventLog, type EventLogOptions, type EventLogStopReport } from '../actors/event-log.js'
 import { silentLogger } from '../actors/observability.js'
@@ -30,7 +21,14 @@ import type { BuildRunner } from '../build/types.js'
 import { createOutboxDispatcher, type OutboxDispatcher } from '../hooks/outbox-dispatcher.js'
 import { hookWants, outboxPuts, validateHooks } from '../hooks/outbox.js'
 import type { Hook, HookRetryOptions, LastGreenRef } from '../hooks/types.js'
-import { queueMachine, type QueueActor, type QueueConfig, type QueueContext, type QueueLastGreen } from '../machines/queue.js'
+import {
+  newQueueContext,
+  queueMachine,
+  type QueueActor,
+  type QueueConfig,
+  type QueueContext,
+  type QueueLastGreen,
+} from '../machines/queue.js'
 import { newRequestContext, requestMachine, type RequestContext, type RequestStep } from '../machines/request.js'
 import { isSourceControlProvider, type SourceControl, type SourceControlProvider } from '../sourcecontrol/types.js'
 import { InvalidInputError, NotFoundError, StoppedError } from '../storage/errors.js'
@@ -92,7 +90,7 @@ export interface Stovepipe {
   readonly events: EventLog
   readonly writer: Writer
   /** The actor system (queues, requests, event log, writer). */
-  readonly system: ActorSystem<any> // eslint-disable-line @typescript-eslint/no-explicit-any -- XState's own type parameter
+  readonly system: AnyActorRef['system']
   /** The root actor of the system. */
   readonly root: AnyActorRef
   readonly registry: Registry
@@ -160,16 +158,6 @@ async function newestGreen(storage: Storage, queue: string, above: number): Prom
   } while (cursor !== undefined)
   return null
 }
-
-const zeroStats = (): QueueContext['stats'] => ({
-  accepted: 0,
-  superseded: 0,
-  cancelled: 0,
-  green: 0,
-  red: 0,
-  indeterminate: 0,
-  leaseExpiries: 0,
-})
 
 /** Starts a runtime on a storage, resuming whatever a previous runtime left in flight. */
 export async function createStovepipe(options: StovepipeOptions): Promise<Stovepipe> {
@@ -495,14 +483,12 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     const scanned = await newestGreen(storage, record.name, storedLastGreen?.n ?? 0)
     const leases: Record<string, number> = {}
     for (const c of contexts) if (c.step !== 'accepted' && c.deadlineAt !== null) leases[c.id] = c.deadlineAt + config.leaseGraceMs
+    const fresh = newQueueContext(record.name, config)
     const context: QueueContext = {
-      name: record.name,
-      config,
+      ...fresh,
       lastGreen: scanned ?? storedLastGreen,
-      requests: {},
       leases,
-      expiredAt: 0,
-      stats: { ...zeroStats(), ...(persisted?.stats ?? {}) },
+      stats: { ...fresh.stats, ...(persisted?.stats ?? {}) },
     }
     // A newer green found by the scan moves last green: the host persists it with its hook notifications.
     const host = spawnQueue(record.name, context, record.version, record.lastGreen ?? null)
@@ -530,7 +516,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     }
     if (input === undefined) throw new NotFoundError(`queue ${name} does not exist; pass its config to create it`)
     const config = normalizeQueueConfig(input)
-    const context: QueueContext = { name, config, lastGreen: null, requests: {}, leases: {}, expiredAt: 0, stats: zeroStats() }
+    const context = newQueueContext(name, config)
     const at = now()
     const [result] = await writer.write([
       {

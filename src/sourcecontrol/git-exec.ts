@@ -131,7 +131,9 @@ export function parseGitUri(uri: string): { repo: string; sha: string } {
 export function notFoundFor(error: unknown, what: string): unknown {
   if (
     error instanceof GitCommandError &&
-    /unknown revision|bad revision|not a valid object|Needed a single revision|bad object/i.test(error.stderr)
+    /unknown revision|bad revision|not a valid object|not a valid commit name|not a commit|Needed a single revision|bad object/i.test(
+      error.stderr,
+    )
   ) {
     return new NotFoundError(`${what} is unknown to git`, { cause: error })
   }

@@ -354,11 +354,8 @@ function create(options: GitSourceControlOptions, serializers: Map<string, Seria
         const out = await run(['merge-base', '--is-ancestor', '--end-of-options', a, d], [1])
         return out.code === 0
       } catch (error) {
-        if (error instanceof GitCommandError && /not a valid commit name|not a valid object|bad object|not a commit/i.test(error.stderr)) {
-          const unknown = error.stderr.includes(a) ? ancestor : descendant
-          throw new NotFoundError(`commit ${unknown} is unknown to git in ${dir}`, { cause: error })
-        }
-        throw error
+        const unknown = error instanceof GitCommandError && error.stderr.includes(a) ? ancestor : descendant
+        throw notFoundFor(error, `commit ${unknown}`)
       }
     },
     async history(cursor, limit) {
