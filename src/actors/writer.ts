@@ -137,7 +137,8 @@ export interface Writer {
   [WRITE_PREPARED]?: (ops: readonly WriteOp[], prepared: readonly PreparedOp[], options?: WriteOptions) => Promise<WriterResult[]>
 }
 
-interface Job {
+/** @internal One write: its ops commit together when atomic, and it resolves once all are settled. */
+export interface Job {
   /** Never split across transactions. */
   atomic: boolean
   /** Number of ops. */
@@ -147,7 +148,8 @@ interface Job {
   resolve: (results: WriterResult[]) => void
 }
 
-interface Entry {
+/** @internal One op of a write, queued. */
+export interface Entry {
   op: WriteOp
   /** The op as validated at write() time: a detached copy, committed without re-validation. */
   prepared: PreparedOp
@@ -170,8 +172,12 @@ function splitPoint(entries: readonly Entry[]): number | undefined {
   return end < entries.length ? end : undefined
 }
 
-/** FIFO of entries with O(1) amortized shift. */
-class EntryQueue {
+/**
+ * The writer's FIFO of accepted entries, with O(1) amortized shift.
+ *
+ * @internal
+ */
+export class EntryQueue {
   private items: Entry[] = []
   private head = 0
   get length(): number {
@@ -187,11 +193,20 @@ class EntryQueue {
     if (last !== undefined && last.job.atomic) end += last.job.size - 1 - last.index
     const out = this.items.slice(this.head, end)
     this.head += out.length
-    if (this.head > 1024 && this.head * 2 > this.items.length) {
+    // Taken entries must not stay reachable (each holds its op, its prepared JSON and its
+    // job): drop them once the queue is empty, or once they are most of the array.
+    if (this.head === this.items.length) {
+      this.items = []
+      this.head = 0
+    } else if (this.head > 1024 && this.head * 2 > this.items.length) {
       this.items = this.items.slice(this.head)
       this.head = 0
     }
     return out
+  }
+  /** Array slots in use, taken entries included (for tests: taken entries are released). */
+  get retained(): number {
+    return this.items.length
   }
 }
 

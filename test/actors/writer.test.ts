@@ -1,7 +1,7 @@
 /** The group-commit writer, example by example, on a simulated clock. */
 import { SimulatedClock } from 'xstate'
 import { describe, expect, it } from 'vitest'
-import { createWriter, type WriterResult } from '../../src/actors/writer.js'
+import { createWriter, EntryQueue, type Entry, type WriterResult } from '../../src/actors/writer.js'
 import { InvalidInputError, StoppedError, type Storage, type WriteOp } from '../../src/storage/index.js'
 import { createMemoryStorage } from '../../src/storage/memory/index.js'
 import { createFaultyStorage, sampleFact, sampleRequest } from '../../src/testing/index.js'
@@ -200,5 +200,33 @@ describe('writer', () => {
     expect(text).toMatch(/stovepipe_writer_batch_size_count\{writer="w"\} \d+/)
     expect(text).toMatch(/stovepipe_writer_flush_seconds_count\{writer="w"\} \d+/)
     expect(text).toContain('stovepipe_writer_retries_total{writer="w"} 0')
+  })
+})
+
+describe('writer entry queue', () => {
+  const entry = (n: number): Entry => ({
+    op: create(n),
+    prepared: {} as Entry['prepared'],
+    job: { atomic: false, size: 1, results: [], remaining: 1, resolve: () => undefined },
+    index: 0,
+  })
+
+  it('releases taken entries once it is empty, so a quiet writer holds no committed op', () => {
+    const queue = new EntryQueue()
+    for (let n = 1; n <= 10; n++) queue.push(entry(n))
+    expect(queue.take(4)).toHaveLength(4)
+    expect(queue.retained).toBe(10) // entries still queued keep the array
+    expect(queue.take(100)).toHaveLength(6)
+    expect(queue.length).toBe(0)
+    expect(queue.retained).toBe(0)
+  })
+
+  it('compacts when taken entries are most of a long array', () => {
+    const queue = new EntryQueue()
+    for (let n = 1; n <= 3000; n++) queue.push(entry(n))
+    queue.take(2000)
+    expect(queue.length).toBe(1000)
+    expect(queue.retained).toBe(1000)
+    expect((queue.take(1)[0]?.op as { record: { id: string } }).record.id).toBe(sampleRequest('main', 2001).id)
   })
 })
