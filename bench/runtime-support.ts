@@ -7,6 +7,7 @@ import { createActor, enqueueActions, fromPromise, setup, type AnyActorRef } fro
 import {
   newQueueContext,
   newRequestContext,
+  nextDueAt,
   queueMachine,
   requestMachine,
   type PersistInput,
@@ -95,8 +96,6 @@ export function stubRequestMachine(options: StubOptions = {}) {
       },
     },
     delays: {
-      deadline: ({ context }) =>
-        context.deadlineAt === null ? 2 ** 31 - 1 : Math.min(2 ** 31 - 1, Math.max(0, context.deadlineAt - Date.now())),
       retry: () => 1000,
     },
   })
@@ -129,10 +128,7 @@ export class BareSystem {
     const queue = queueMachine.provide({
       actors: { request },
       delays: {
-        nextLeaseExpiry: ({ context }) => {
-          const expiries = Object.values(context.leases)
-          return expiries.length === 0 ? 2 ** 31 - 1 : Math.min(2 ** 31 - 1, Math.max(0, Math.min(...expiries) - Date.now()))
-        },
+        nextDue: ({ context }) => Math.min(2 ** 31 - 1, Math.max(0, (nextDueAt(context) ?? 0) - Date.now())),
       },
     })
     const root = setup({

@@ -8,6 +8,11 @@
  * - The gate: at most `maxConcurrent` requests hold a slot. A slot is a lease with a
  *   deadline (the request's deadline plus `leaseGraceMs`), so a stuck or lost request
  *   cannot hold it forever: an expired lease is released and its request cancelled.
+ * - Time: one timer per queue, armed only while something is due (`timed`; an idle queue
+ *   holds no timer). It tells each request in processing when its deadline passes
+ *   (`DEADLINE`) and expires leases. Requests keep no timer of their own: XState's
+ *   scheduler scans every timer of the system whenever an actor stops, so timers per
+ *   request made stepping quadratic in the requests in flight.
  * - `request.recorded`: release the slot, and move last green forward if the request is
  *   green and newer than the current one (never backwards).
  *
@@ -60,7 +65,9 @@ export interface QueueContext {
   requests: Record<string, InFlight>
   /** Slots held: request id → lease expiry (epoch ms). */
   leases: Record<string, number>
-  /** When leases last expired (epoch ms): the time of a slot freed by expiry. */
+  /** Requests in processing whose deadline has not passed yet: request id → deadline (epoch ms). */
+  deadlines: Record<string, number>
+  /** When the queue's timer last fired (epoch ms): the time of a slot freed by expiry. */
   expiredAt: number
   /** Counts since the queue was created. */
   stats: {
@@ -82,6 +89,7 @@ export function newQueueContext(name: string, config: QueueConfig): QueueContext
     lastGreen: null,
     requests: {},
     leases: {},
+    deadlines: {},
     expiredAt: 0,
     stats: { accepted: 0, superseded: 0, cancelled: 0, green: 0, red: 0, indeterminate: 0, leaseExpiries: 0 },
   }
@@ -104,6 +112,14 @@ export type QueueEvent =
 
 const requestIdOf = (name: string, n: number): string => `request/${name}/${n}`
 
+/** The earliest time something is due (a deadline or a lease expiry), or undefined. */
+export function nextDueAt(context: Pick<QueueContext, 'leases' | 'deadlines'>): number | undefined {
+  let due: number | undefined
+  for (const at of Object.values(context.leases)) if (due === undefined || at < due) due = at
+  for (const at of Object.values(context.deadlines)) if (due === undefined || at < due) due = at
+  return due
+}
+
 /** The queue machine. */
 export const queueMachine = setup({
   types: {
@@ -113,11 +129,12 @@ export const queueMachine = setup({
   },
   actors: { request: requestMachine },
   delays: {
-    /** Until the earliest lease expires (the runtime provides its clock). */
-    nextLeaseExpiry: ({ context }) => {
-      const expiries = Object.values(context.leases)
-      return expiries.length === 0 ? 2 ** 31 - 1 : Math.max(0, Math.min(...expiries))
-    },
+    /** Until the earliest deadline or lease expiry (the runtime provides its clock). */
+    nextDue: ({ context }) => Math.min(2 ** 31 - 1, Math.max(0, nextDueAt(context) ?? 0)),
+  },
+  guards: {
+    /** Something is due later: a request deadline or a lease. */
+    timed: ({ context }) => nextDueAt(context) !== undefined,
   },
   actions: {
     /** A request child failed for good: the runtime logs it and records it indeterminate. */
@@ -130,17 +147,20 @@ export const queueMachine = setup({
       if (event.type !== 'resume') return
       const newest = Math.max(0, ...event.requests.filter((r) => r.step === 'accepted').map((r) => r.n))
       const requests = { ...context.requests }
+      const deadlines = { ...context.deadlines }
       let superseded = 0
       for (const resumed of event.requests) {
         enqueue.spawnChild('request', { id: resumed.id, systemId: resumed.id, input: { kind: 'resume', context: resumed } })
         const state = resumed.step === 'accepted' ? (resumed.n < newest ? 'superseding' : 'accepted') : 'processing'
         requests[resumed.id] = { n: resumed.n, uri: resumed.uri, state }
+        // Deadlines are stored as absolute times: one that passed while the runtime was down fires at once.
+        if (state === 'processing' && resumed.deadlineAt !== null) deadlines[resumed.id] = resumed.deadlineAt
         if (state === 'superseding') {
           enqueue.sendTo(resumed.id, { type: 'SUPERSEDE', by: requestIdOf(context.name, newest), at: event.at })
           superseded++
         }
       }
-      enqueue.assign({ requests, stats: { ...context.stats, superseded: context.stats.superseded + superseded } })
+      enqueue.assign({ requests, deadlines, stats: { ...context.stats, superseded: context.stats.superseded + superseded } })
     }),
     accept: enqueueActions(({ enqueue, context, event }) => {
       if (event.type !== 'request.accepted' || context.requests[event.id] !== undefined) return
@@ -177,19 +197,22 @@ export const queueMachine = setup({
       if (waiting.length === 0) return
       const requests = { ...context.requests }
       const leases = { ...context.leases }
+      const deadlines = { ...context.deadlines }
       for (const [id, inFlight] of waiting) {
         const deadlineAt = at + context.config.maxValidationMs
         requests[id] = { ...inFlight, state: 'processing' }
         leases[id] = deadlineAt + context.config.leaseGraceMs
+        deadlines[id] = deadlineAt
         const lastGreen = context.lastGreen === null ? null : { uri: context.lastGreen.uri, requestId: context.lastGreen.requestId }
         enqueue.sendTo(id, { type: 'START', at, deadlineAt, lastGreen, projects: context.config.projects ?? null })
       }
-      enqueue.assign({ requests, leases })
+      enqueue.assign({ requests, leases, deadlines })
     }),
     finish: enqueueActions(({ enqueue, context, event }) => {
       if (event.type !== 'request.recorded' && event.type !== 'request.ended' && event.type !== 'request.salvaged') return
       const { [event.id]: _done, ...requests } = context.requests
       const { [event.id]: _lease, ...leases } = context.leases
+      const { [event.id]: _deadline, ...deadlines } = context.deadlines
       const stats = { ...context.stats }
       let lastGreen = context.lastGreen
       if (event.type === 'request.recorded') {
@@ -204,25 +227,40 @@ export const queueMachine = setup({
         stats.indeterminate++
       }
       enqueue.stopChild(event.id)
-      enqueue.assign({ requests, leases, stats, lastGreen })
+      enqueue.assign({ requests, leases, deadlines, stats, lastGreen })
     }),
     cancel: enqueueActions(({ enqueue, context, event }) => {
       if (event.type !== 'cancel' || context.requests[event.id] === undefined) return
       enqueue.sendTo(event.id, { type: 'CANCEL', at: event.at })
     }),
-    /** Releases the earliest-expiring leases and cancels their requests. */
-    expireLeases: enqueueActions(({ enqueue, context }) => {
-      const expiries = Object.values(context.leases)
-      if (expiries.length === 0) return
-      const due = Math.min(...expiries)
-      const leases = Object.fromEntries(Object.entries(context.leases).filter(([, until]) => until > due))
+    /**
+     * The timer fired for the earliest due time: tells requests whose deadline passed
+     * (`DEADLINE`), releases leases that expired and cancels their requests.
+     */
+    expire: enqueueActions(({ enqueue, context }) => {
+      const due = nextDueAt(context)
+      if (due === undefined) return
+      const deadlines: Record<string, number> = {}
+      for (const [id, at] of Object.entries(context.deadlines)) {
+        if (at > due) deadlines[id] = at
+        else if (context.requests[id] !== undefined) enqueue.sendTo(id, { type: 'DEADLINE', at })
+      }
+      const leases: Record<string, number> = {}
       let expired = 0
       for (const [id, until] of Object.entries(context.leases)) {
-        if (until > due) continue
+        if (until > due) {
+          leases[id] = until
+          continue
+        }
         expired++
         if (context.requests[id] !== undefined) enqueue.sendTo(id, { type: 'CANCEL', at: until })
       }
-      enqueue.assign({ leases, expiredAt: due, stats: { ...context.stats, leaseExpiries: context.stats.leaseExpiries + expired } })
+      enqueue.assign({
+        leases,
+        deadlines,
+        expiredAt: due,
+        stats: expired === 0 ? context.stats : { ...context.stats, leaseExpiries: context.stats.leaseExpiries + expired },
+      })
     }),
     configure: assign(({ event }) => (event.type === 'config' ? { config: event.config } : {})),
   },
@@ -232,16 +270,24 @@ export const queueMachine = setup({
   initial: 'active',
   states: {
     active: {
-      after: { nextLeaseExpiry: { target: 'active', reenter: true, actions: ['expireLeases', 'admit'] } },
+      initial: 'routing',
+      // Every change of what is in flight goes through `routing`, which (re-)arms the timer.
       on: {
-        'request.accepted': { target: 'active', reenter: true, actions: ['accept', 'admit'] },
-        'request.recorded': { target: 'active', reenter: true, actions: ['finish', 'admit'] },
-        'request.ended': { target: 'active', reenter: true, actions: ['finish', 'admit'] },
-        'request.salvaged': { target: 'active', reenter: true, actions: ['finish', 'admit'] },
-        resume: { target: 'active', reenter: true, actions: ['resume', 'admit'] },
+        'request.accepted': { target: '.routing', actions: ['accept', 'admit'] },
+        'request.recorded': { target: '.routing', actions: ['finish', 'admit'] },
+        'request.ended': { target: '.routing', actions: ['finish', 'admit'] },
+        'request.salvaged': { target: '.routing', actions: ['finish', 'admit'] },
+        resume: { target: '.routing', actions: ['resume', 'admit'] },
         cancel: { actions: 'cancel' },
-        config: { target: 'active', reenter: true, actions: ['configure', 'admit'] },
+        config: { target: '.routing', actions: ['configure', 'admit'] },
         'xstate.error.actor.*': { actions: 'childFailed' },
+      },
+      states: {
+        routing: { always: [{ guard: 'timed', target: 'timed' }, { target: 'idle' }] },
+        /** Nothing due: no timer. */
+        idle: {},
+        /** A deadline or a lease is due: one timer, for the earliest. */
+        timed: { after: { nextDue: { target: 'routing', actions: ['expire', 'admit'] } } },
       },
     },
   },

@@ -3,11 +3,13 @@
  *
  * ```
  * accepted ──START──▶ processing.planning ──▶ processing.building ──▶ processing.recording ──▶ recorded
- *    ├──SUPERSEDE──▶ superseded          (planning or building) ──CANCEL / deadline──▶ cancelled / recorded (indeterminate)
+ *    ├──SUPERSEDE──▶ superseded          (planning or building) ──CANCEL / DEADLINE──▶ cancelled / recorded (indeterminate)
  * ```
  *
  * Pure: every side effect is a provided actor (`persist`, `plan`, `build`, `record`) or
- * delay (`retry`, `deadline`), swapped in by the runtime (`machine.provide`) and by tests.
+ * delay (`retry`), swapped in by the runtime (`machine.provide`) and by tests. The deadline
+ * (`deadlineAt`, absolute) is kept by the queue, which sends `DEADLINE` when it passes: one
+ * timer per queue instead of one per request.
  * Every durable step first persists its state (a CAS write the machine waits for), then
  * works; so a restarted runtime resumes a request at its last persisted step. Transient
  * failures retry with backoff (`retry` delay) up to `maxAttempts`; then, or when the
@@ -88,6 +90,8 @@ export type RequestEvent =
     }
   | { type: 'SUPERSEDE'; by: string; at: number }
   | { type: 'CANCEL'; at: number }
+  /** `deadlineAt` passed (sent by the queue): planning or building ends indeterminate. */
+  | { type: 'DEADLINE'; at: number }
 
 /** What a request tells its queue when it ends. */
 export type RequestReport =
@@ -218,9 +222,6 @@ export const requestMachine = setup({
   delays: {
     /** Backoff before the next attempt of a step (the runtime provides jitter and its clock). */
     retry: ({ context }) => Math.min(30_000, 1000 * 2 ** Math.max(0, context.attempt - 1)),
-    /** Time left until `deadlineAt` (the runtime provides its clock). */
-    deadline: ({ context }) =>
-      context.deadlineAt === null || context.startedAt === null ? 2 ** 31 - 1 : context.deadlineAt - context.startedAt,
   },
   guards: {
     canRetry: ({ context, event }) => isRetryable((event as { error?: unknown }).error) && context.attempt + 1 < context.maxAttempts,
@@ -332,8 +333,8 @@ export const requestMachine = setup({
     processing: {
       initial: 'planning',
       // The deadline covers planning and building; recording is too late to interrupt.
-      after: {
-        deadline: { guard: not(stateIn('#request.processing.recording')), target: '#request.concluding', actions: 'deadlinePassed' },
+      on: {
+        DEADLINE: { guard: not(stateIn('#request.processing.recording')), target: '#request.concluding', actions: 'deadlinePassed' },
       },
       states: {
         planning: {

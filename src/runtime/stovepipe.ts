@@ -23,6 +23,7 @@ import { hookWants, outboxPuts, validateHooks } from '../hooks/outbox.js'
 import type { Hook, HookRetryOptions, LastGreenRef } from '../hooks/types.js'
 import {
   newQueueContext,
+  nextDueAt,
   queueMachine,
   type QueueActor,
   type QueueConfig,
@@ -275,8 +276,6 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     },
     delays: {
       retry: ({ context }) => backoffDelay(context.attempt, retryBase, retryMax, random),
-      deadline: ({ context }) =>
-        context.deadlineAt === null ? 2 ** 31 - 1 : Math.min(2 ** 31 - 1, Math.max(0, context.deadlineAt - clock.now())),
     },
   })
 
@@ -324,10 +323,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
   const queue = queueMachine.provide({
     actors: { request },
     delays: {
-      nextLeaseExpiry: ({ context }) => {
-        const expiries = Object.values(context.leases)
-        return expiries.length === 0 ? 2 ** 31 - 1 : Math.min(2 ** 31 - 1, Math.max(0, Math.min(...expiries) - clock.now()))
-      },
+      nextDue: ({ context }) => Math.min(2 ** 31 - 1, Math.max(0, (nextDueAt(context) ?? 0) - clock.now())),
     },
     actions: {
       childFailed: ({ context, event }) => {

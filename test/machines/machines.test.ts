@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest'
 import { SimulatedClock, createActor, fromPromise, setup, type AnyActorLogic } from 'xstate'
-import { queueMachine, type QueueContext } from '../../src/machines/queue.js'
+import { nextDueAt, queueMachine, type QueueContext } from '../../src/machines/queue.js'
 import { newRequestContext, requestMachine, type PersistInput, type RequestContext, type StepInput } from '../../src/machines/request.js'
 import { settle } from '../support/drive.js'
 
@@ -148,7 +148,7 @@ describe('queue machine', () => {
     const clock = new SimulatedClock()
     const queue = queueMachine.provide({
       actors: { request: stuck as never },
-      delays: { nextLeaseExpiry: ({ context }) => Math.max(0, Math.min(2 ** 31 - 1, ...Object.values(context.leases)) - clock.now()) },
+      delays: { nextDue: ({ context }) => Math.max(0, (nextDueAt(context) ?? 0) - clock.now()) },
     })
     const context: QueueContext = {
       name: 'main',
@@ -156,6 +156,7 @@ describe('queue machine', () => {
       lastGreen: null,
       requests: {},
       leases: {},
+      deadlines: {},
       expiredAt: 0,
       stats: { accepted: 0, superseded: 0, cancelled: 0, green: 0, red: 0, indeterminate: 0, leaseExpiries: 0 },
     }

@@ -248,6 +248,44 @@ describe('failures', () => {
     await expect(w.storage.facts.get('main', 'fake://a1')).rejects.toBeInstanceOf(NotFoundError)
   })
 
+  it('keeps one timer per queue for every deadline and lease, and none on an idle queue', async () => {
+    const w = await world({ builder: { durationMs: 10_000 } })
+    const timers = (): string[] => Object.keys(w.sp.system.getSnapshot()._scheduledEvents)
+    const main = await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 20, maxValidationMs: 60_000 }))
+    await w.run(w.sp.queue('idle', { ref: 'idle' }))
+    expect(timers()).toEqual([])
+    for (let k = 1; k <= 20; k++) {
+      w.sc.commit('main', `a${k}`)
+      await w.run(main.ingest())
+    }
+    await driveUntil(w.clock, () => w.builder.running() === 20)
+    // 20 requests building, each with a deadline and a lease: one timer, the queue's.
+    expect(timers()).toHaveLength(1)
+    expect(timers()[0]).toContain('nextDue')
+    const last = main.inFlight().at(-1)?.id ?? ''
+    await w.run(main.waitFor(last))
+    expect(main.inFlight()).toEqual([])
+    expect(timers()).toEqual([])
+  })
+
+  it('tells a request its deadline passed at deadlineAt exactly, before its lease expires', async () => {
+    const w = await world({ builder: { durationMs: 10_000 } })
+    const main = await w.run(w.sp.queue('main', { ref: 'main', maxValidationMs: 1_000, leaseGraceMs: 5_000 }))
+    w.sc.commit('main', 'a1')
+    const { id } = await w.run(main.ingest())
+    await driveUntil(w.clock, () => w.builder.running() === 1)
+    const { deadlineAt } = ((await w.storage.requests.get(id)).data as { context: { deadlineAt: number } }).context
+    expect(typeof deadlineAt).toBe('number')
+    w.clock.increment(deadlineAt - w.clock.now() - 1)
+    await new Promise((resolve) => setImmediate(resolve))
+    expect(w.builder.running()).toBe(1)
+    w.clock.increment(1)
+    const view = await w.run(main.waitFor(id))
+    expect(view).toMatchObject({ verdict: 'indeterminate', reason: 'maxValidationMs passed' })
+    expect(view.endedAt).toBe(deadlineAt)
+    expect(main.stats().leaseExpiries).toBe(0)
+  })
+
   it('cancel aborts the builder through its AbortSignal and writes no fact', async () => {
     const w = await world({ builder: { durationMs: 10_000 } })
     const main = await w.run(w.sp.queue('main', ref))
