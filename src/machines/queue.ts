@@ -139,6 +139,8 @@ export const queueMachine = setup({
   actions: {
     /** A request child failed for good: the runtime logs it and records it indeterminate. */
     childFailed: () => undefined,
+    /** The queue settled after a change (entry to `routing`): the runtime persists what is durable. */
+    changed: () => undefined,
     /**
      * Re-spawns the requests restored from storage, each at its persisted step; of those
      * still waiting to start, only the newest is kept (coalescing).
@@ -283,7 +285,7 @@ export const queueMachine = setup({
         'xstate.error.actor.*': { actions: 'childFailed' },
       },
       states: {
-        routing: { always: [{ guard: 'timed', target: 'timed' }, { target: 'idle' }] },
+        routing: { entry: 'changed', always: [{ guard: 'timed', target: 'timed' }, { target: 'idle' }] },
         /** Nothing due: no timer. */
         idle: {},
         /** A deadline or a lease is due: one timer, for the earliest. */

@@ -76,13 +76,14 @@ export interface QueueHandle {
   stats(): QueueContext['stats']
 }
 
-/** What a queue host needs from the runtime. */
+/** What a queue host needs from the runtime (one object, shared by every queue). */
 export interface QueueHostDeps {
   storage: Storage
   writer: Writer
   clock: Clock
   logger: Logger
-  sourceControl: SourceControl
+  /** The source control bound to a queue. */
+  sourceControlFor(queue: string): SourceControl
   isStopping(): boolean
   onIngest(deduplicated: boolean): void
   /** The `outbox.put` ops announcing a last-green move (one per hook with `onLastGreen`; none without hooks). */
@@ -101,15 +102,21 @@ const reached = (current: RequestState, wanted: RequestState): boolean =>
   current === wanted || FINAL_REQUEST_STATES.includes(current) || (wanted === 'accepted' && current === 'processing')
 
 /**
- * The durable part of a queue's context: what recovery cannot rebuild from request rows.
- * (Requests in flight and their leases are rebuilt from the rows; counts ride along.)
+ * Whether the durable part of a queue's context changed: what recovery cannot rebuild from
+ * request rows (requests in flight and their leases are rebuilt from the rows; counts ride
+ * along). The machine's `assign` keeps unchanged fields by reference, so identity suffices.
  */
-const durable = (context: QueueContext): string => JSON.stringify([context.config, context.lastGreen])
+const durableChanged = (a: QueueContext, b: QueueContext): boolean => a.config !== b.config || a.lastGreen !== b.lastGreen
 
+/**
+ * One queue. Kept small (an idle queue is mostly its XState actor): the dependencies are
+ * shared by every queue, and waiters and the ingest chain exist only while in use.
+ */
 export class QueueHost implements QueueHandle {
-  private ingestChain: Promise<unknown> = Promise.resolve()
-  private readonly waiters = new Map<string, Waiter[]>()
-  private persisted: string
+  private ingestChain: Promise<unknown> | undefined
+  private waiters: Map<string, Waiter[]> | undefined
+  /** The context whose durable part was last handed to the snapshot writer. */
+  private persisted: QueueContext
   private pending: QueueContext | undefined
   private persisting: Promise<void> | undefined
   /** The newest last green seen (stored, or moved to since). */
@@ -130,26 +137,27 @@ export class QueueHost implements QueueHandle {
     storedLastGreen: LastGreenRef | null = null,
   ) {
     const context = actor.getSnapshot().context
-    this.persisted = durable(context)
+    this.persisted = context
     this.seenGreen = storedLastGreen === null ? null : { ...storedLastGreen }
     this.track(context)
     if (this.moves.length > 0) {
       this.pending = context
       this.persisting = this.persistLoop()
     }
-    actor.subscribe({
-      next: (snapshot) => {
-        this.track(snapshot.context)
-        const text = durable(snapshot.context)
-        if (text === this.persisted) return
-        this.persisted = text
-        this.pending = snapshot.context
-        this.persisting ??= this.persistLoop()
-      },
-      error: (error: unknown) => {
-        deps.logger.error({ err: error, queue: name }, 'queue actor failed')
-      },
-    })
+  }
+
+  /**
+   * The queue machine settled after a change (its `changed` action, on every entry to
+   * `routing`): notes a move of last green, and persists the snapshot when its durable part
+   * changed. (An action rather than a subscription: a subscription costs every queue an
+   * observer and bound functions for as long as it is open.)
+   */
+  changed(context: QueueContext): void {
+    this.track(context)
+    if (!durableChanged(context, this.persisted)) return
+    this.persisted = context
+    this.pending = context
+    this.persisting ??= this.persistLoop()
   }
 
   config(): QueueConfig {
@@ -265,14 +273,24 @@ export class QueueHost implements QueueHandle {
 
   ingest(): Promise<IngestResult> {
     if (this.deps.isStopping()) return Promise.reject(new StoppedError('the runtime is stopped; it accepts no ingest'))
-    const result = this.ingestChain.then(() => this.ingestOnce())
-    this.ingestChain = result.catch(() => undefined)
+    const result = this.ingestChain === undefined ? this.ingestOnce() : this.ingestChain.then(() => this.ingestOnce())
+    const chain = result.then(
+      () => undefined,
+      () => undefined,
+    )
+    this.ingestChain = chain
+    // The chain is dropped once idle, so an idle queue holds no settled promise.
+    void chain.then(() => {
+      if (this.ingestChain === chain) this.ingestChain = undefined
+    })
     return result
   }
 
   private async ingestOnce(): Promise<IngestResult> {
     if (this.deps.isStopping()) throw new StoppedError('the runtime is stopped; it accepts no ingest')
-    const uri = await this.deps.sourceControl.latest()
+    if (this.actor.getSnapshot().status !== 'active')
+      throw new StoppedError(`queue ${this.name} failed (see the log); restart the runtime to resume it`)
+    const uri = await this.deps.sourceControlFor(this.name).latest()
     const existing = await this.deps.storage.requestUris.getIdByUri(this.name, uri).catch((error: unknown) => {
       if (error instanceof NotFoundError) return undefined
       throw error
@@ -327,7 +345,7 @@ export class QueueHost implements QueueHandle {
     const [result] = await this.deps.writer.write([{ op: 'request.create', record: this.newRecord(id, n, uri, at) }])
     if (result?.status !== 'ok' && result?.status !== 'already_exists')
       throw writeFailure(result ?? { status: 'not_found' }, `healing ${id}`)
-    this.deps.logger.warn({ requestId: id, uri }, 'healed a request whose row was missing')
+    this.deps.logger.warn({ queue: this.name, requestId: id, uri }, 'healed a request whose row was missing')
     if (result.status === 'ok') this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })
   }
 
@@ -337,6 +355,7 @@ export class QueueHost implements QueueHandle {
       throw new InvalidInputError(`cannot wait for state ${state as string}`)
     }
     const waiting = new Promise<RequestView>((resolve, reject) => {
+      this.waiters ??= new Map()
       const list = this.waiters.get(id) ?? []
       list.push({ state, resolve, reject })
       this.waiters.set(id, list)
@@ -355,20 +374,20 @@ export class QueueHost implements QueueHandle {
   }
 
   private dropWaiters(id: string, state: RequestState): void {
-    const list = (this.waiters.get(id) ?? []).filter((w) => w.state !== state)
-    if (list.length === 0) this.waiters.delete(id)
-    else this.waiters.set(id, list)
+    const list = (this.waiters?.get(id) ?? []).filter((w) => w.state !== state)
+    if (list.length > 0) this.waiters?.set(id, list)
+    else this.forget(id)
   }
 
   /** A request of this queue changed state: resolve who waits for it. */
   notify(id: string, state: RequestState): void {
-    const list = this.waiters.get(id)
+    const list = this.waiters?.get(id)
     if (list === undefined) return
     const ready = list.filter((w) => reached(state, w.state))
     if (ready.length === 0) return
     const rest = list.filter((w) => !reached(state, w.state))
-    if (rest.length === 0) this.waiters.delete(id)
-    else this.waiters.set(id, rest)
+    if (rest.length > 0) this.waiters?.set(id, rest)
+    else this.forget(id)
     this.deps.storage.requests.get(id).then(
       (row) => {
         for (const w of ready) w.resolve(describeRequest(row))
@@ -379,10 +398,16 @@ export class QueueHost implements QueueHandle {
     )
   }
 
+  /** Drops the waiters of a request; the map itself once empty. */
+  private forget(id: string): void {
+    this.waiters?.delete(id)
+    if (this.waiters?.size === 0) this.waiters = undefined
+  }
+
   /** Rejects every waiter (the runtime stops). */
   rejectWaiters(error: Error): void {
-    for (const list of this.waiters.values()) for (const w of list) w.reject(error)
-    this.waiters.clear()
+    for (const list of this.waiters?.values() ?? []) for (const w of list) w.reject(error)
+    this.waiters = undefined
   }
 
   async cancel(id: string): Promise<CancelResult> {

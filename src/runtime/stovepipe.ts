@@ -36,7 +36,7 @@ import { InvalidInputError, NotFoundError, StoppedError } from '../storage/error
 import { FINAL_REQUEST_STATES, type QueueRecord, type RequestRecord, type RequestState, type Storage } from '../storage/types.js'
 import { assertQueueName, parseRequestId } from '../storage/validation.js'
 import { normalizeQueueConfig, type QueueConfigInput } from './config.js'
-import { QueueHost, type QueueHandle } from './queue-host.js'
+import { QueueHost, type QueueHandle, type QueueHostDeps } from './queue-host.js'
 import { outboxOutcome, requestRecord, requestServices, verdictPayload } from './request-services.js'
 import { describeRequest, type RequestView } from './views.js'
 
@@ -99,7 +99,10 @@ export interface Stovepipe {
   stop(options?: { deadlineMs?: number }): Promise<StopReport>
 }
 
-type RootEvent = { type: 'queue.open'; name: string; context: QueueContext }
+type RootEvent =
+  | { type: 'queue.open'; name: string; context: QueueContext }
+  /** A queue actor failed (XState relays a child's error to its parent). */
+  | { type: `xstate.error.actor.${string}`; error: unknown }
 
 /** A stable, user-facing label of a request snapshot value, or undefined for transient states. */
 export function stepLabel(value: unknown): string | undefined {
@@ -326,6 +329,9 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       nextDue: ({ context }) => Math.min(2 ** 31 - 1, Math.max(0, (nextDueAt(context) ?? 0) - clock.now())),
     },
     actions: {
+      changed: ({ context }) => {
+        hosts.get(context.name)?.changed(context)
+      },
       childFailed: ({ context, event }) => {
         const id = event.type.slice('xstate.error.actor.'.length)
         void salvage(context.name, id, (event as { error?: unknown }).error)
@@ -335,6 +341,12 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
 
   const root = setup({
     types: { events: {} as RootEvent },
+    actions: {
+      queueFailed: ({ event }) => {
+        if (event.type === 'queue.open') return
+        logger.error({ err: event.error, actor: event.type.slice('xstate.error.actor.'.length) }, 'queue actor failed')
+      },
+    },
     actors: {
       queue,
       eventLog: eventLogActor(events),
@@ -352,6 +364,8 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       { src: 'hooks', id: 'hooks', systemId: 'hooks' },
     ],
     on: {
+      // A queue actor that fails is stopped by XState; the others go on. Its host refuses ingest.
+      'xstate.error.actor.*': { actions: 'queueFailed' },
       'queue.open': {
         actions: enqueueActions(({ enqueue, event }) => {
           enqueue.spawnChild('queue', { id: `queue:${event.name}`, systemId: `queue:${event.name}`, input: { context: event.context } })
@@ -409,30 +423,27 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
   const rootActor = createActor(root, inspect === undefined ? { clock } : { clock, inspect })
   rootActor.start()
 
+  /** What every queue host needs: one object for all of them (a queue costs memory for as long as it is open). */
+  const hostDeps: QueueHostDeps = {
+    storage,
+    writer,
+    clock,
+    logger,
+    sourceControlFor,
+    isStopping: () => stopping,
+    onIngest: (deduplicated) => {
+      metrics.ingests.inc({ deduplicated: String(deduplicated) })
+    },
+    lastGreenOutbox: (payload) => outboxPuts(hooks, 'lastGreen', payload, now()),
+    outboxWritten,
+  }
+
   const spawnQueue = (name: string, context: QueueContext, version: number, storedLastGreen: LastGreenRef | null): QueueHost => {
     bindSourceControl(name, context.config)
     rootActor.send({ type: 'queue.open', name, context })
     const actor = rootActor.system.get(`queue:${name}`) as QueueActor | undefined
     if (actor === undefined) throw new Error(`queue actor ${name} did not start`)
-    const host = new QueueHost(
-      name,
-      actor,
-      version,
-      {
-        storage,
-        writer,
-        clock,
-        logger: logger.child({ queue: name }),
-        sourceControl: sourceControlFor(name),
-        isStopping: () => stopping,
-        onIngest: (deduplicated) => {
-          metrics.ingests.inc({ deduplicated: String(deduplicated) })
-        },
-        lastGreenOutbox: (payload) => outboxPuts(hooks, 'lastGreen', payload, now()),
-        outboxWritten,
-      },
-      storedLastGreen,
-    )
+    const host = new QueueHost(name, actor, version, hostDeps, storedLastGreen)
     hosts.set(name, host)
     return host
   }

@@ -5,6 +5,7 @@
 import { Writable } from 'node:stream'
 import { pino } from 'pino'
 import { describe, expect, it } from 'vitest'
+import type { AnyActorRef } from 'xstate'
 import { InvalidInputError, NotFoundError, StoppedError } from '../../src/index.js'
 import { driveUntil } from '../support/drive.js'
 import { world } from '../support/runtime.js'
@@ -320,6 +321,30 @@ describe('failures', () => {
     w.sc.commit('main', 'a2')
     const next = await w.run(main.ingest())
     expect(await w.run(main.waitFor(next.id))).toMatchObject({ state: 'recorded', verdict: 'green' })
+  })
+
+  it('a failed queue actor is logged and refuses ingest with StoppedError; the other queues go on', async () => {
+    const lines: string[] = []
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(chunk.toString())
+        done()
+      },
+    })
+    const w = await world({ runtime: { logger: pino({ level: 'error' }, sink) } })
+    const broken = await w.run(w.sp.queue('broken', { ref: 'broken' }))
+    const other = await w.run(w.sp.queue('other', { ref: 'other' }))
+    // A bug in the machine, simulated: an event its action cannot handle makes the actor fail.
+    const actor = w.sp.system.get('queue:broken') as AnyActorRef | undefined
+    actor?.send({ type: 'resume', requests: null, at: 0 })
+    expect(lines.some((line) => line.includes('queue actor failed') && line.includes('queue:broken'))).toBe(true)
+    w.sc.commit('broken', 'b1')
+    await expect(w.run(broken.ingest())).rejects.toThrow(/queue broken failed/)
+    await expect(w.run(broken.ingest())).rejects.toBeInstanceOf(StoppedError)
+    expect(await w.storage.requests.listByQueue('broken')).toMatchObject({ items: [] })
+    w.sc.commit('other', 'o1')
+    const { id } = await w.run(other.ingest())
+    expect(await w.run(other.waitFor(id))).toMatchObject({ state: 'recorded', verdict: 'green' })
   })
 })
 
