@@ -23,10 +23,12 @@
  *    request in flight (10 000 requests held in `building` by a builder that only ends on
  *    abort, over 100 queues of maxConcurrent 100, writer and event log drained, full GC,
  *    delta / 10 000); a stateless source control, so no commit graph is counted. Bare
- *    XState figures alongside for reference (2000 requests: XState's stepping is quadratic
- *    in the timers scheduled in a system, so 10 000 take it long). Under tsx, whose esbuild
- *    `keepNames` gives every named closure its own `name` property, closures weigh more than
- *    in compiled output (the idle-queue figure was ~40 % above `tsc` output when measured).
+ *    XState figures alongside for reference (the same shapes, stub actors), and the floor
+ *    of one actor per request: a minimal XState child whose one state invokes a pending
+ *    promise actor. Then the time `stop()` takes with the 10 000 requests in flight.
+ *    The script runs compiled by `tsc` (`npm run bench:runtime` builds `.bench-build/`
+ *    first), as the package ships: under tsx, esbuild's `keepNames` gives every named
+ *    closure a `name` property, which made an idle queue ~40 % heavier.
  * 3. restart with 100 000 requests in flight over 1000 queues: the rows are written straight
  *    through `storage.commit` in big transactions, in the exact shape the runtime writes
  *    (state `processing`, `data = { step: 'processing.building', context }`, checked
@@ -37,9 +39,8 @@
  *    (`SELECT * … WHERE state NOT IN (final)`, `JSON.parse(data)`) and starting as many
  *    bare request actors (stub actors, builds held) from `{ kind: 'resume', context }`.
  *
- * Parts 2 and 3 run in child processes of this script (`--child <name>`), which exit
- * without stopping the runtime: a restart is a fresh process, and stopping 10 000+ request
- * actors costs XState minutes (each actor stop scans every scheduled event of the system).
+ * Parts 2 and 3 run in child processes of this script (`--child <name>`), so that each
+ * heap and each restart starts from a fresh process.
  * Heap figures need `--expose-gc` and the restart room for 100 000 actors, so the script
  * re-executes itself with `--expose-gc --max-old-space-size=8192` when started without gc.
  * Ends with one `target` line per goal. Environment: BENCH_RUNTIME_SECONDS (default 2),
@@ -51,7 +52,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
-import { createActor } from 'xstate'
+import { createActor, enqueueActions, fromPromise, setup } from 'xstate'
 import { createFakeBuilder } from '../src/build/fake.js'
 import { createStovepipe, type QueueHandle, type Storage, type Stovepipe, type WriteOp } from '../src/index.js'
 import type { RequestContext } from '../src/machines/index.js'
@@ -80,8 +81,8 @@ const QUEUE_COUNTS = [1, 100, 1000] as const
 const IDLE_QUEUES = 1000
 const HELD_QUEUES = 100
 const HELD_PER_QUEUE = 100
-/** Requests held in flight by the bare reference (fewer: XState's stepping is quadratic in scheduled timers). */
-const BARE_HELD = 2000
+/** Requests held in flight by the bare reference and by the minimal-child floor. */
+const BARE_HELD = HELD_QUEUES * HELD_PER_QUEUE
 const RESTART_QUEUES = 1000
 const RESTART_PER_QUEUE = 100
 const FINAL_STATES = "('recorded', 'superseded', 'cancelled')"
@@ -211,6 +212,8 @@ async function benchLifecycles(dir: string): Promise<Map<number, LifecycleResult
 interface HeapResult {
   idle: number
   inFlight: number
+  /** Ours only: how long `stop()` took with every request in flight (ms). */
+  stopMs?: number
 }
 
 /**
@@ -250,8 +253,40 @@ async function heapOurs(dir: string): Promise<HeapResult> {
   if (inFlightCount !== total) throw new Error(`expected ${total} requests in flight, found ${inFlightCount}`)
   const inFlight = ((await settledHeap()) - before) / total
   progress(`heap: ${total} requests in flight, ${inFlight.toFixed(0)} B each`)
+  const stopping = performance.now()
+  await sp.stop({ deadlineMs: 120_000 })
+  const stopMs = since(stopping)
+  progress(`stop with ${total} requests in flight: ${stopMs.toFixed(0)} ms`)
   await storage.close()
-  return { idle, inFlight }
+  return { idle, inFlight, stopMs }
+}
+
+/**
+ * 2, the floor of one actor per request (in a child process too): a minimal XState child in
+ * one actor system, whose only state invokes a promise actor that never settles.
+ */
+async function heapMinimalChild(): Promise<number> {
+  const child = setup({ actors: { work: fromPromise(() => new Promise<never>(() => undefined)) } }).createMachine({
+    initial: 'working',
+    states: { working: { invoke: { src: 'work' } } },
+  })
+  const root = createActor(
+    setup({ types: { events: {} as { type: 'spawn'; id: string } }, actors: { child } }).createMachine({
+      on: {
+        spawn: {
+          actions: enqueueActions(({ enqueue, event }) => {
+            enqueue.spawnChild('child', { id: event.id })
+          }),
+        },
+      },
+    }),
+  ).start()
+  root.send({ type: 'spawn', id: 'warm' })
+  const before = await settledHeap()
+  for (let i = 0; i < BARE_HELD; i++) root.send({ type: 'spawn', id: `child${i}` })
+  const each = ((await settledHeap()) - before) / BARE_HELD
+  progress(`heap: minimal XState child with one invoked promise actor, ${each.toFixed(0)} B each`)
+  return each
 }
 
 /** 2, bare XState (in a child process too). */
@@ -421,6 +456,7 @@ async function child(name: string | undefined, arg: string | undefined): Promise
   let result: unknown
   if (name === 'heap-ours' && arg !== undefined) result = await heapOurs(arg)
   else if (name === 'heap-bare') result = await heapBare()
+  else if (name === 'heap-minimal-child') result = await heapMinimalChild()
   else if (name === 'restart-ours' && arg !== undefined) result = await restartOurs(arg)
   else if (name === 'restart-baseline' && arg !== undefined) result = restartBaseline(arg)
   else throw new Error(`unknown child ${String(name)} ${String(arg)}`)
@@ -467,15 +503,18 @@ function reportLifecycles(lifecycles: Map<number, LifecycleResults>, targets: Ta
   }
 }
 
-function reportHeap(heap: { ours: HeapResult; bare: HeapResult }, targets: Target[]): void {
+function reportHeap(heap: { ours: HeapResult; bare: HeapResult; minimalChild: number }, targets: Target[]): void {
+  const held = HELD_QUEUES * HELD_PER_QUEUE
   console.log('')
   console.log(`heap (full GC, heapUsed delta per item)           ours        bare XState`)
   console.log(
     `per idle queue actor (${IDLE_QUEUES} queues)          ${pad(heap.ours.idle.toFixed(0), 10)} B  ${pad(heap.bare.idle.toFixed(0), 10)} B`,
   )
   console.log(
-    `per request in flight (in building)         ${pad(heap.ours.inFlight.toFixed(0), 10)} B  ${pad(heap.bare.inFlight.toFixed(0), 10)} B   (ours ${HELD_QUEUES * HELD_PER_QUEUE}, bare ${BARE_HELD} requests)`,
+    `per request in flight (${held} in building)   ${pad(heap.ours.inFlight.toFixed(0), 10)} B  ${pad(heap.bare.inFlight.toFixed(0), 10)} B`,
   )
+  console.log(`floor: a minimal XState child invoking one promise actor     ${pad(heap.minimalChild.toFixed(0), 10)} B`)
+  if (heap.ours.stopMs !== undefined) console.log(`stop() with ${held} requests in flight: ${heap.ours.stopMs.toFixed(0)} ms`)
   targets.push({ name: 'heap per idle queue actor', value: heap.ours.idle, goal: 4096, atMost: true, unit: ' B' })
   targets.push({ name: 'heap per request in flight', value: heap.ours.inFlight, goal: 4096, atMost: true, unit: ' B' })
 }
@@ -517,7 +556,13 @@ async function main(): Promise<void> {
   try {
     // Measure everything first, then print: progress goes to stderr meanwhile.
     const lifecycles = PARTS.has('lifecycles') ? await benchLifecycles(dir) : undefined
-    const heap = PARTS.has('heap') ? { ours: inChild('heap-ours', dir) as HeapResult, bare: inChild('heap-bare') as HeapResult } : undefined
+    const heap = PARTS.has('heap')
+      ? {
+          ours: inChild('heap-ours', dir) as HeapResult,
+          bare: inChild('heap-bare') as HeapResult,
+          minimalChild: inChild('heap-minimal-child') as number,
+        }
+      : undefined
     const restart = PARTS.has('restart') ? await benchRestart(dir) : undefined
     if (lifecycles !== undefined) reportLifecycles(lifecycles, targets)
     if (heap !== undefined) reportHeap(heap, targets)
