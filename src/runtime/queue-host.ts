@@ -115,6 +115,8 @@ const durableChanged = (a: QueueContext, b: QueueContext): boolean => a.config !
 export class QueueHost implements QueueHandle {
   private ingestChain: Promise<unknown> | undefined
   private waiters: Map<string, Waiter[]> | undefined
+  /** The last committed row of each request someone waits for. */
+  private rows: Map<string, RequestRecord> | undefined
   /** The context whose durable part was last handed to the snapshot writer. */
   private persisted: QueueContext
   private pending: QueueContext | undefined
@@ -354,60 +356,92 @@ export class QueueHost implements QueueHandle {
     if (!['accepted', 'processing', 'recorded', 'superseded', 'cancelled'].includes(state)) {
       throw new InvalidInputError(`cannot wait for state ${state as string}`)
     }
+    let waiter: Waiter | undefined
     const waiting = new Promise<RequestView>((resolve, reject) => {
+      waiter = { state, resolve, reject }
       this.waiters ??= new Map()
-      const list = this.waiters.get(id) ?? []
-      list.push({ state, resolve, reject })
-      this.waiters.set(id, list)
+      this.waiters.set(id, [...(this.waiters.get(id) ?? []), waiter])
     })
     try {
       const row = await this.deps.storage.requests.get(id)
       if (reached(row.state, state)) {
-        this.dropWaiters(id, state)
+        this.dropWaiter(id, waiter)
         return describeRequest(row)
       }
     } catch (error) {
-      this.dropWaiters(id, state)
+      this.dropWaiter(id, waiter)
       throw error
     }
     return waiting
   }
 
-  private dropWaiters(id: string, state: RequestState): void {
-    const list = (this.waiters?.get(id) ?? []).filter((w) => w.state !== state)
+  /** Drops one waiter (its waitFor returned without it). */
+  private dropWaiter(id: string, waiter: Waiter | undefined): void {
+    const list = (this.waiters?.get(id) ?? []).filter((w) => w !== waiter)
     if (list.length > 0) this.waiters?.set(id, list)
     else this.forget(id)
   }
 
-  /** A request of this queue changed state: resolve who waits for it. */
+  /**
+   * A request row of this queue was committed (by the request's own step writes): kept
+   * while someone waits for that request, so {@link notify} needs no read.
+   */
+  committed(row: RequestRecord): void {
+    if (this.waiters?.has(row.id) !== true) return
+    ;(this.rows ??= new Map()).set(row.id, row)
+  }
+
+  /**
+   * A request of this queue entered a state: resolves who waits for it, with the row as
+   * committed (the last one this host saw written, or else read from storage). Waiters the
+   * row does not satisfy yet keep waiting: a request enters a step before the step's write
+   * commits, so the stored row can still be at the previous state.
+   */
   notify(id: string, state: RequestState): void {
     const list = this.waiters?.get(id)
-    if (list === undefined) return
-    const ready = list.filter((w) => reached(state, w.state))
-    if (ready.length === 0) return
-    const rest = list.filter((w) => !reached(state, w.state))
-    if (rest.length > 0) this.waiters?.set(id, rest)
-    else this.forget(id)
-    this.deps.storage.requests.get(id).then(
-      (row) => {
-        for (const w of ready) w.resolve(describeRequest(row))
+    if (list === undefined || !list.some((w) => reached(state, w.state))) return
+    const cached = this.rows?.get(id)
+    const row = cached !== undefined && reached(cached.state, state) ? Promise.resolve(cached) : this.deps.storage.requests.get(id)
+    row.then(
+      (stored) => {
+        const current = this.waiters?.get(id) ?? []
+        const ready = current.filter((w) => reached(stored.state, w.state))
+        if (ready.length === 0) return
+        const rest = current.filter((w) => !reached(stored.state, w.state))
+        if (rest.length > 0) this.waiters?.set(id, rest)
+        else this.forget(id)
+        const view = describeRequest(stored)
+        for (const w of ready) w.resolve(view)
       },
       (error: unknown) => {
-        for (const w of ready) w.reject(error instanceof Error ? error : new StorageFailedError(String(error)))
+        this.failWaiters(id, error instanceof Error ? error : new StorageFailedError(String(error)), state)
       },
     )
   }
 
-  /** Drops the waiters of a request; the map itself once empty. */
+  /** Rejects who waits for a request (those waiting for a state `state` reaches; all without `state`). */
+  failWaiters(id: string, error: Error, state?: RequestState): void {
+    const list = this.waiters?.get(id) ?? []
+    const failed = list.filter((w) => state === undefined || reached(state, w.state))
+    const rest = list.filter((w) => !failed.includes(w))
+    if (rest.length > 0) this.waiters?.set(id, rest)
+    else this.forget(id)
+    for (const w of failed) w.reject(error)
+  }
+
+  /** Drops the waiters of a request and its kept row; the maps themselves once empty. */
   private forget(id: string): void {
     this.waiters?.delete(id)
+    this.rows?.delete(id)
     if (this.waiters?.size === 0) this.waiters = undefined
+    if (this.rows?.size === 0) this.rows = undefined
   }
 
   /** Rejects every waiter (the runtime stops). */
   rejectWaiters(error: Error): void {
     for (const list of this.waiters?.values() ?? []) for (const w of list) w.reject(error)
     this.waiters = undefined
+    this.rows = undefined
   }
 
   async cancel(id: string): Promise<CancelResult> {

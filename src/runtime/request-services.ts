@@ -63,6 +63,8 @@ export interface RequestServiceDeps {
   verdictOutbox(payload: VerdictPayload): WriteOp[]
   /** Outbox entries were committed: wake the hook dispatcher. */
   outboxWritten(): void
+  /** A request row was committed (whoever waits for the request is answered from it). */
+  committed(record: RequestRecord): void
 }
 
 /** Longest verdict reason carried in a hook payload, in UTF-8 bytes. */
@@ -140,7 +142,10 @@ export async function persistStep(
     const result = results[results.length - 1]
     if (outbox.length > 0) outboxOutcome(deps, results.slice(0, -1), `hook notification of ${context.id}`)
     if (result === undefined) throw new StorageFailedError(`no result persisting ${context.id}`)
-    if (result.status === 'ok') return oldVersion + 1
+    if (result.status === 'ok') {
+      deps.committed(record)
+      return oldVersion + 1
+    }
     if (result.status === 'dead_lettered') throw writeFailure(result, `request ${context.id} at ${step}`)
     const stored = await deps.storage.requests.get(context.id).catch(() => undefined)
     if (tries > 0 || stored === undefined || stored.version <= oldVersion || FINAL_REQUEST_STATES.includes(stored.state)) {
@@ -254,15 +259,11 @@ export function requestServices(deps: RequestServiceDeps) {
     const outbox = deps.verdictOutbox(verdictPayload(context, planned, at))
     const next = { ...context, ...planned, endedAt: at }
     const oldVersion = context.version
+    const recorded = requestRecord(next, 'recorded', 'recorded', oldVersion + 1, at)
     const ops: WriteOp[] = [
       ...facts.map((fact): WriteOp => ({ op: 'fact.put', fact })),
       ...outbox,
-      {
-        op: 'request.update',
-        record: requestRecord(next, 'recorded', 'recorded', oldVersion + 1, at),
-        oldVersion,
-        newVersion: oldVersion + 1,
-      },
+      { op: 'request.update', record: recorded, oldVersion, newVersion: oldVersion + 1 },
     ]
     const results = await deps.writer.write(ops, { atomic: true })
     const whole = results[0]
@@ -287,6 +288,8 @@ export function requestServices(deps: RequestServiceDeps) {
       version = await persistStep(deps, context, 'recorded', 'recorded', extra)
     } else if (late && (existing.requestId !== context.id || existing.degree !== context.degree)) {
       version = await persistStep(deps, { ...next, version }, 'recorded', 'recorded', extra)
+    } else {
+      deps.committed(recorded)
     }
     return { ...final, version, at }
   })

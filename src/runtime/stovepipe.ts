@@ -32,7 +32,7 @@ import {
 } from '../machines/queue.js'
 import { newRequestContext, requestMachine, type RequestContext, type RequestStep } from '../machines/request.js'
 import { isSourceControlProvider, type SourceControl, type SourceControlProvider } from '../sourcecontrol/types.js'
-import { InvalidInputError, NotFoundError, StoppedError } from '../storage/errors.js'
+import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError } from '../storage/errors.js'
 import { FINAL_REQUEST_STATES, type QueueRecord, type RequestRecord, type RequestState, type Storage } from '../storage/types.js'
 import { assertQueueName, parseRequestId } from '../storage/validation.js'
 import { normalizeQueueConfig, type QueueConfigInput } from './config.js'
@@ -265,6 +265,9 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     notifiesVerdicts: hooks.some((hook) => hookWants(hook, 'verdict')),
     verdictOutbox: (payload) => outboxPuts(hooks, 'verdict', payload, now()),
     outboxWritten,
+    committed: (record) => {
+      hosts.get(record.queue)?.committed(record)
+    },
   })
   const request = requestMachine.provide({
     actors: services,
@@ -317,10 +320,14 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
         if (result?.status !== 'ok') throw new Error(`salvage write: ${result?.status ?? 'no result'}`)
       }
       host?.actor.send({ type: 'request.salvaged', id, n, uri: row.uri, at: now() })
+      host?.notify(id, 'recorded')
     } catch (salvageError) {
       logger.error({ err: salvageError, requestId: id }, 'could not salvage a failed request; it resumes at the next start')
+      host?.failWaiters(
+        id,
+        new StorageFailedError(`request ${id} failed and could not be recorded; it resumes at the next start`, { cause: salvageError }),
+      )
     }
-    host?.notify(id, 'recorded')
   }
 
   const queue = queueMachine.provide({

@@ -53,6 +53,33 @@ describe('ingest', () => {
   })
 })
 
+describe('waitFor', () => {
+  it('resolves with the row in the state waited for, not the one before it (a step commits after the machine enters it)', async () => {
+    const w = await world({ builder: { durationMs: 1000 } })
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    await w.run(main.ingest())
+    w.sc.commit('main', 'a2')
+    const second = await w.run(main.ingest()) // waits for the first to finish building
+    const processing = await w.run(main.waitFor(second.id, 'processing'))
+    expect(processing).toMatchObject({ id: second.id, state: 'processing' })
+    expect((await w.storage.requests.get(second.id)).version).toBeGreaterThanOrEqual(processing.version)
+  })
+
+  it('answers several waiters of one request, each with the row as committed', async () => {
+    const w = await world({ builder: { durationMs: 1000 } })
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    const { id } = await w.run(main.ingest())
+    const waits = [main.waitFor(id), main.waitFor(id, 'processing'), main.waitFor(id)]
+    const [recorded, processing, again] = await w.run(Promise.all(waits))
+    const row = await w.storage.requests.get(id)
+    expect(recorded).toMatchObject({ state: 'recorded', verdict: 'green', version: row.version, updatedAt: row.updatedAt })
+    expect(again).toEqual(recorded)
+    expect(processing?.state).toBe('processing')
+  })
+})
+
 describe('queue', () => {
   it('coalesces: with maxConcurrent 1, heads arriving during a build leave only the newest validated', async () => {
     const w = await world({ builder: { durationMs: 1000 } })
