@@ -194,7 +194,8 @@ export class EntryQueue {
     const out = this.items.slice(this.head, end)
     this.head += out.length
     // Taken entries must not stay reachable (each holds its op, its prepared JSON and its
-    // job): drop them once the queue is empty, or once they are most of the array.
+    // job): drop them once the queue is empty; while it is not, compact once more than 1024
+    // taken entries are most of the array.
     if (this.head === this.items.length) {
       this.items = []
       this.head = 0

@@ -16,8 +16,9 @@
  * - `request.recorded`: release the slot, and move last green forward if the request is
  *   green and newer than the current one (never backwards).
  *
- * Pure: time comes in events (`at`) and provided delays; the runtime persists the snapshot
- * (context, no children) with a CAS write whenever it changes.
+ * Pure: time comes in events (`at`) and provided delays; the runtime hears of every change
+ * (the `changed` action) and persists the snapshot (context, no children) with a CAS write
+ * whenever its durable part (config, last green) changed.
  *
  * @module
  */
@@ -62,11 +63,11 @@ export interface QueueContext {
   name: string
   config: QueueConfig
   lastGreen: QueueLastGreen | null
-  requests: Record<string, InFlight>
+  requests: Readonly<Record<string, InFlight>>
   /** Slots held: request id → lease expiry (epoch ms). */
-  leases: Record<string, number>
+  leases: Readonly<Record<string, number>>
   /** Requests in processing whose deadline has not passed yet: request id → deadline (epoch ms). */
-  deadlines: Record<string, number>
+  deadlines: Readonly<Record<string, number>>
   /** When the queue's timer last fired (epoch ms): the time of a slot freed by expiry. */
   expiredAt: number
   /** Counts since the queue was created. */

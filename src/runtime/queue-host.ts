@@ -11,6 +11,7 @@ import type { Clock } from '../actors/clock.js'
 import type { Writer, WriterResult } from '../actors/writer.js'
 import type { LastGreenPayload, LastGreenRef } from '../hooks/types.js'
 import type { QueueActor, QueueConfig, QueueContext } from '../machines/queue.js'
+import type { AnyActorRef } from 'xstate'
 import { newRequestContext } from '../machines/request.js'
 import type { SourceControl } from '../sourcecontrol/types.js'
 import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError } from '../storage/errors.js'
@@ -106,7 +107,8 @@ const reached = (current: RequestState, wanted: RequestState): boolean =>
  * request rows (requests in flight and their leases are rebuilt from the rows; counts ride
  * along). The machine's `assign` keeps unchanged fields by reference, so identity suffices.
  */
-const durableChanged = (a: QueueContext, b: QueueContext): boolean => a.config !== b.config || a.lastGreen !== b.lastGreen
+const durableChanged = (a: Durable, b: Durable): boolean => a.config !== b.config || a.lastGreen !== b.lastGreen
+type Durable = Pick<QueueContext, 'config' | 'lastGreen'>
 
 /**
  * One queue. Kept small (an idle queue is mostly its XState actor): the dependencies are
@@ -117,8 +119,10 @@ export class QueueHost implements QueueHandle {
   private waiters: Map<string, Waiter[]> | undefined
   /** The last committed row of each request someone waits for. */
   private rows: Map<string, RequestRecord> | undefined
-  /** The context whose durable part was last handed to the snapshot writer. */
-  private persisted: QueueContext
+  /** The durable part last handed to the snapshot writer. */
+  private persisted: Durable
+  /** Set when the queue actor failed: the queue takes no more work. */
+  private failure: StoppedError | undefined
   private pending: QueueContext | undefined
   private persisting: Promise<void> | undefined
   /** The newest last green seen (stored, or moved to since). */
@@ -139,7 +143,7 @@ export class QueueHost implements QueueHandle {
     storedLastGreen: LastGreenRef | null = null,
   ) {
     const context = actor.getSnapshot().context
-    this.persisted = context
+    this.persisted = { config: context.config, lastGreen: context.lastGreen }
     this.seenGreen = storedLastGreen === null ? null : { ...storedLastGreen }
     this.track(context)
     if (this.moves.length > 0) {
@@ -149,17 +153,35 @@ export class QueueHost implements QueueHandle {
   }
 
   /**
-   * The queue machine settled after a change (its `changed` action, on every entry to
-   * `routing`): notes a move of last green, and persists the snapshot when its durable part
-   * changed. (An action rather than a subscription: a subscription costs every queue an
-   * observer and bound functions for as long as it is open.)
+   * The queue machine changed (its `changed` action, on every entry to `routing`, in the
+   * middle of the transition): notes a move of last green, and persists the snapshot when
+   * its durable part changed, once the transition is over. (An action rather than a
+   * subscription: a subscription costs every queue an observer and bound functions for as
+   * long as it is open.)
    */
   changed(context: QueueContext): void {
     this.track(context)
     if (!durableChanged(context, this.persisted)) return
-    this.persisted = context
+    this.persisted = { config: context.config, lastGreen: context.lastGreen }
     this.pending = context
     this.persisting ??= this.persistLoop()
+  }
+
+  /**
+   * The queue actor failed (a bug; the root logged it). Its requests are cancelled, so no
+   * build runs on with nothing to end it (XState does not stop a failed actor's children);
+   * waiters are rejected, and ingest, waitFor and cancel refuse with StoppedError. A restart
+   * of the runtime starts the queue afresh.
+   */
+  fail(error: unknown): void {
+    if (this.failure !== undefined) return
+    this.failure = new StoppedError(`queue ${this.name} failed (see the log); restart the runtime to resume it`, { cause: error })
+    const at = Math.max(0, Math.floor(this.deps.clock.now()))
+    for (const id of Object.keys(this.actor.getSnapshot().context.requests)) {
+      const request = this.actor.system.get(id) as AnyActorRef | undefined
+      request?.send({ type: 'CANCEL', at })
+    }
+    this.rejectWaiters(this.failure)
   }
 
   config(): QueueConfig {
@@ -209,6 +231,7 @@ export class QueueHost implements QueueHandle {
 
   /** Writes the queue's snapshot (context, no children) with CAS; coalesces bursts. */
   private async persistLoop(): Promise<void> {
+    await Promise.resolve() // started from inside a transition: let it finish first
     try {
       for (let context = this.pending; context !== undefined; context = this.pending) {
         this.pending = undefined
@@ -290,8 +313,7 @@ export class QueueHost implements QueueHandle {
 
   private async ingestOnce(): Promise<IngestResult> {
     if (this.deps.isStopping()) throw new StoppedError('the runtime is stopped; it accepts no ingest')
-    if (this.actor.getSnapshot().status !== 'active')
-      throw new StoppedError(`queue ${this.name} failed (see the log); restart the runtime to resume it`)
+    if (this.failure !== undefined) throw this.failure
     const uri = await this.deps.sourceControlFor(this.name).latest()
     const existing = await this.deps.storage.requestUris.getIdByUri(this.name, uri).catch((error: unknown) => {
       if (error instanceof NotFoundError) return undefined
@@ -362,12 +384,18 @@ export class QueueHost implements QueueHandle {
       this.waiters ??= new Map()
       this.waiters.set(id, [...(this.waiters.get(id) ?? []), waiter])
     })
+    // Rejected while the row is read below, it may never be returned: not an unhandled rejection.
+    waiting.catch(() => undefined)
     try {
       const row = await this.deps.storage.requests.get(id)
-      if (reached(row.state, state)) {
+      // A final row of a request still in flight here: its actor has yet to report to the
+      // queue, so wait for that (notify), and last green and inFlight() are current on return.
+      const reporting = FINAL_REQUEST_STATES.includes(row.state) && this.actor.getSnapshot().context.requests[id] !== undefined
+      if (reached(row.state, state) && !(reporting && this.failure === undefined)) {
         this.dropWaiter(id, waiter)
         return describeRequest(row)
       }
+      if (this.failure !== undefined) throw this.failure
     } catch (error) {
       this.dropWaiter(id, waiter)
       throw error
@@ -383,17 +411,20 @@ export class QueueHost implements QueueHandle {
   }
 
   /**
-   * A request row of this queue was committed (by the request's own step writes): kept
-   * while someone waits for that request, so {@link notify} needs no read.
+   * A request row of this queue was committed by the request's own step writes. Waiters it
+   * satisfies are answered at once unless it is final; a final row is kept for
+   * {@link notify}, which runs once the request reported to the queue (so last green and
+   * inFlight() are current when a waiter for a final state resumes).
    */
   committed(row: RequestRecord): void {
     if (this.waiters?.has(row.id) !== true) return
-    ;(this.rows ??= new Map()).set(row.id, row)
+    if (FINAL_REQUEST_STATES.includes(row.state)) (this.rows ??= new Map()).set(row.id, row)
+    else this.settle(row.id, row)
   }
 
   /**
    * A request of this queue entered a state: resolves who waits for it, with the row as
-   * committed (the last one this host saw written, or else read from storage). Waiters the
+   * committed (the final row this host saw written, or else read from storage). Waiters the
    * row does not satisfy yet keep waiting: a request enters a step before the step's write
    * commits, so the stored row can still be at the previous state.
    */
@@ -404,19 +435,24 @@ export class QueueHost implements QueueHandle {
     const row = cached !== undefined && reached(cached.state, state) ? Promise.resolve(cached) : this.deps.storage.requests.get(id)
     row.then(
       (stored) => {
-        const current = this.waiters?.get(id) ?? []
-        const ready = current.filter((w) => reached(stored.state, w.state))
-        if (ready.length === 0) return
-        const rest = current.filter((w) => !reached(stored.state, w.state))
-        if (rest.length > 0) this.waiters?.set(id, rest)
-        else this.forget(id)
-        const view = describeRequest(stored)
-        for (const w of ready) w.resolve(view)
+        this.settle(id, stored)
       },
       (error: unknown) => {
         this.failWaiters(id, error instanceof Error ? error : new StorageFailedError(String(error)), state)
       },
     )
+  }
+
+  /** Resolves the waiters of a request that `row` satisfies, each with a view of its own. */
+  private settle(id: string, row: RequestRecord): void {
+    const current = this.waiters?.get(id) ?? []
+    const ready = current.filter((w) => reached(row.state, w.state))
+    if (ready.length === 0) return
+    const rest = current.filter((w) => !reached(row.state, w.state))
+    if (rest.length > 0) this.waiters?.set(id, rest)
+    else this.forget(id)
+    // Rows kept from a write share objects with the request's context: each waiter gets a copy.
+    for (const w of ready) w.resolve(structuredClone(describeRequest(row)))
   }
 
   /** Rejects who waits for a request (those waiting for a state `state` reaches; all without `state`). */
@@ -447,6 +483,7 @@ export class QueueHost implements QueueHandle {
   async cancel(id: string): Promise<CancelResult> {
     parseRequestId(id, this.name)
     if (this.deps.isStopping()) throw new StoppedError('the runtime is stopped')
+    if (this.failure !== undefined) throw this.failure
     const row = await this.deps.storage.requests.get(id)
     const inFlight = this.actor.getSnapshot().context.requests[id]
     const step = (row.data as { step?: string } | undefined)?.step

@@ -349,9 +349,16 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
   const root = setup({
     types: { events: {} as RootEvent },
     actions: {
-      queueFailed: ({ event }) => {
+      childFailed: ({ event }) => {
         if (event.type === 'queue.open') return
-        logger.error({ err: event.error, actor: event.type.slice('xstate.error.actor.'.length) }, 'queue actor failed')
+        const actor = event.type.slice('xstate.error.actor.'.length)
+        if (!actor.startsWith('queue:')) {
+          // The event log, writer or hooks actor: the runtime cannot go on without it.
+          logger.fatal({ err: event.error, actor }, 'runtime actor failed; the runtime stops')
+          throw event.error instanceof Error ? event.error : new Error(`${actor} failed: ${String(event.error)}`)
+        }
+        logger.error({ err: event.error, actor }, 'queue actor failed; its requests are cancelled and it takes no more work')
+        hosts.get(actor.slice('queue:'.length))?.fail(event.error)
       },
     },
     actors: {
@@ -371,8 +378,8 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       { src: 'hooks', id: 'hooks', systemId: 'hooks' },
     ],
     on: {
-      // A queue actor that fails is stopped by XState; the others go on. Its host refuses ingest.
-      'xstate.error.actor.*': { actions: 'queueFailed' },
+      // A queue actor that fails is stopped by XState; the others go on (see QueueHost.fail).
+      'xstate.error.actor.*': { actions: 'childFailed' },
       'queue.open': {
         actions: enqueueActions(({ enqueue, event }) => {
           enqueue.spawnChild('queue', { id: `queue:${event.name}`, systemId: `queue:${event.name}`, input: { context: event.context } })

@@ -7,7 +7,7 @@ import { pino } from 'pino'
 import { describe, expect, it } from 'vitest'
 import type { AnyActorRef } from 'xstate'
 import { InvalidInputError, NotFoundError, StoppedError } from '../../src/index.js'
-import { driveUntil } from '../support/drive.js'
+import { driveUntil, settle, track } from '../support/drive.js'
 import { world } from '../support/runtime.js'
 import { createFakeSourceControl } from '../../src/sourcecontrol/fake.js'
 
@@ -64,6 +64,23 @@ describe('waitFor', () => {
     const processing = await w.run(main.waitFor(second.id, 'processing'))
     expect(processing).toMatchObject({ id: second.id, state: 'processing' })
     expect((await w.storage.requests.get(second.id)).version).toBeGreaterThanOrEqual(processing.version)
+  })
+
+  it('answers a waiter for processing once planning is committed, not after the planning work', async () => {
+    const w = await world()
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    await w.run(main.waitFor((await w.run(main.ingest())).id))
+    w.sc.commit('main', 'a2')
+    const ingesting = main.ingest() // reads the head at once
+    w.sc.failNext(1) // so planning's isAncestor fails and waits for its retry backoff
+    const { id } = await ingesting
+    const processing = track(main.waitFor(id, 'processing'))
+    await settle()
+    expect(w.sc.calls.filter((call) => call.startsWith('isAncestor'))).toHaveLength(1)
+    expect(processing.settled).toBe(true)
+    expect(processing.value).toMatchObject({ state: 'processing', step: 'processing.planning' })
+    expect(await w.run(main.waitFor(id))).toMatchObject({ verdict: 'green', strategy: 'incremental' })
   })
 
   it('answers several waiters of one request, each with the row as committed', async () => {
@@ -350,7 +367,7 @@ describe('failures', () => {
     expect(await w.run(main.waitFor(next.id))).toMatchObject({ state: 'recorded', verdict: 'green' })
   })
 
-  it('a failed queue actor is logged and refuses ingest with StoppedError; the other queues go on', async () => {
+  it('a failed queue actor is logged, cancels its requests (builds aborted) and refuses work; the other queues go on', async () => {
     const lines: string[] = []
     const sink = new Writable({
       write(chunk: Buffer, _encoding, done) {
@@ -358,17 +375,32 @@ describe('failures', () => {
         done()
       },
     })
-    const w = await world({ runtime: { logger: pino({ level: 'error' }, sink) } })
+    const w = await world({ builder: { durationMs: 10_000 }, runtime: { logger: pino({ level: 'error' }, sink) } })
     const broken = await w.run(w.sp.queue('broken', { ref: 'broken' }))
     const other = await w.run(w.sp.queue('other', { ref: 'other' }))
+    w.sc.commit('broken', 'b1')
+    const building = await w.run(broken.ingest())
+    w.sc.commit('broken', 'b2')
+    const waiting = await w.run(broken.ingest())
+    await driveUntil(w.clock, () => w.builder.running() === 1)
+    const waiter = track(broken.waitFor(waiting.id))
     // A bug in the machine, simulated: an event its action cannot handle makes the actor fail.
     const actor = w.sp.system.get('queue:broken') as AnyActorRef | undefined
     actor?.send({ type: 'resume', requests: null, at: 0 })
     expect(lines.some((line) => line.includes('queue actor failed') && line.includes('queue:broken'))).toBe(true)
-    w.sc.commit('broken', 'b1')
+    await driveUntil(w.clock, () => waiter.settled)
+    expect(waiter.error).toBeInstanceOf(StoppedError)
+    // Its requests end cancelled: the build is aborted, nothing runs on unattended, no fact.
+    await driveUntil(w.clock, () => w.builder.running() === 0)
+    expect(w.builder.builds.map((b) => b.result)).toEqual(['aborted'])
+    for (const id of [building.id, waiting.id]) expect((await w.run(w.sp.request(id))).state).toBe('cancelled')
+    await expect(w.storage.facts.get('broken', 'fake://b1')).rejects.toBeInstanceOf(NotFoundError)
+    // It takes no more work.
+    w.sc.commit('broken', 'b3')
     await expect(w.run(broken.ingest())).rejects.toThrow(/queue broken failed/)
-    await expect(w.run(broken.ingest())).rejects.toBeInstanceOf(StoppedError)
-    expect(await w.storage.requests.listByQueue('broken')).toMatchObject({ items: [] })
+    await expect(w.run(broken.cancel(building.id))).rejects.toBeInstanceOf(StoppedError)
+    await expect(w.run(broken.waitFor(building.id, 'recorded'))).resolves.toMatchObject({ state: 'cancelled' })
+    // The other queue goes on.
     w.sc.commit('other', 'o1')
     const { id } = await w.run(other.ingest())
     expect(await w.run(other.waitFor(id))).toMatchObject({ state: 'recorded', verdict: 'green' })
