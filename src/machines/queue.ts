@@ -71,7 +71,7 @@ export interface QueueContext {
   /** When the queue's timer last fired (epoch ms): the time of a slot freed by expiry. */
   expiredAt: number
   /** Counts since the queue was created. */
-  stats: {
+  stats: Readonly<{
     accepted: number
     superseded: number
     cancelled: number
@@ -79,7 +79,7 @@ export interface QueueContext {
     red: number
     indeterminate: number
     leaseExpiries: number
-  }
+  }>
 }
 
 /**
@@ -88,6 +88,16 @@ export interface QueueContext {
  * is open (see the heap figures in the README).
  */
 const EMPTY: Readonly<Record<string, never>> = Object.freeze({})
+/** The counts new queues start with, shared (and frozen) like {@link EMPTY}. */
+const NO_COUNTS: QueueContext['stats'] = Object.freeze({
+  accepted: 0,
+  superseded: 0,
+  cancelled: 0,
+  green: 0,
+  red: 0,
+  indeterminate: 0,
+  leaseExpiries: 0,
+})
 
 /** The context of a queue with nothing in flight, no last green and zero counts. */
 export function newQueueContext(name: string, config: QueueConfig): QueueContext {
@@ -99,7 +109,7 @@ export function newQueueContext(name: string, config: QueueConfig): QueueContext
     leases: EMPTY,
     deadlines: EMPTY,
     expiredAt: 0,
-    stats: { accepted: 0, superseded: 0, cancelled: 0, green: 0, red: 0, indeterminate: 0, leaseExpiries: 0 },
+    stats: NO_COUNTS,
   }
 }
 

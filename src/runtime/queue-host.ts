@@ -103,14 +103,6 @@ const reached = (current: RequestState, wanted: RequestState): boolean =>
   current === wanted || FINAL_REQUEST_STATES.includes(current) || (wanted === 'accepted' && current === 'processing')
 
 /**
- * Whether the durable part of a queue's context changed: what recovery cannot rebuild from
- * request rows (requests in flight and their leases are rebuilt from the rows; counts ride
- * along). The machine's `assign` keeps unchanged fields by reference, so identity suffices.
- */
-const durableChanged = (a: Durable, b: Durable): boolean => a.config !== b.config || a.lastGreen !== b.lastGreen
-type Durable = Pick<QueueContext, 'config' | 'lastGreen'>
-
-/**
  * One queue. Kept small (an idle queue is mostly its XState actor): the dependencies are
  * shared by every queue, and waiters and the ingest chain exist only while in use.
  */
@@ -119,8 +111,14 @@ export class QueueHost implements QueueHandle {
   private waiters: Map<string, Waiter[]> | undefined
   /** The last committed row of each request someone waits for. */
   private rows: Map<string, RequestRecord> | undefined
-  /** The durable part last handed to the snapshot writer. */
-  private persisted: Durable
+  /**
+   * The durable part of the context last handed to the snapshot writer: what recovery cannot
+   * rebuild from request rows (requests in flight and their leases are rebuilt from the rows;
+   * counts ride along). The machine's `assign` keeps unchanged fields by reference, so
+   * identity tells a change. Two fields rather than an object: a queue costs memory while open.
+   */
+  private persistedConfig: QueueConfig
+  private persistedLastGreen: QueueContext['lastGreen']
   /** Set when the queue actor failed: the queue takes no more work. */
   private failure: StoppedError | undefined
   private pending: QueueContext | undefined
@@ -143,7 +141,8 @@ export class QueueHost implements QueueHandle {
     storedLastGreen: LastGreenRef | null = null,
   ) {
     const context = actor.getSnapshot().context
-    this.persisted = { config: context.config, lastGreen: context.lastGreen }
+    this.persistedConfig = context.config
+    this.persistedLastGreen = context.lastGreen
     this.seenGreen = storedLastGreen === null ? null : { ...storedLastGreen }
     this.track(context)
     if (this.moves.length > 0) {
@@ -161,8 +160,9 @@ export class QueueHost implements QueueHandle {
    */
   changed(context: QueueContext): void {
     this.track(context)
-    if (!durableChanged(context, this.persisted)) return
-    this.persisted = { config: context.config, lastGreen: context.lastGreen }
+    if (context.config === this.persistedConfig && context.lastGreen === this.persistedLastGreen) return
+    this.persistedConfig = context.config
+    this.persistedLastGreen = context.lastGreen
     this.pending = context
     this.persisting ??= this.persistLoop()
   }
