@@ -125,6 +125,8 @@ export type QueueEvent =
   | { type: 'cancel'; id: string; at: number }
   | { type: 'config'; config: QueueConfig; at: number }
   | { type: 'request.salvaged'; id: string; n: number; uri: string; at: number }
+  /** A failed request that could not be recorded: it leaves the queue uncounted (its row resumes at the next start). */
+  | { type: 'request.lost'; id: string; at: number }
   /** After a restart: the requests still in flight, as persisted (their leases are in the context). */
   | { type: 'resume'; requests: RequestContext[]; at: number }
 
@@ -229,7 +231,13 @@ export const queueMachine = setup({
       enqueue.assign({ requests, leases, deadlines })
     }),
     finish: enqueueActions(({ enqueue, context, event }) => {
-      if (event.type !== 'request.recorded' && event.type !== 'request.ended' && event.type !== 'request.salvaged') return
+      if (
+        event.type !== 'request.recorded' &&
+        event.type !== 'request.ended' &&
+        event.type !== 'request.salvaged' &&
+        event.type !== 'request.lost'
+      )
+        return
       const { [event.id]: _done, ...requests } = context.requests
       const { [event.id]: _lease, ...leases } = context.leases
       const { [event.id]: _deadline, ...deadlines } = context.deadlines
@@ -297,6 +305,7 @@ export const queueMachine = setup({
         'request.recorded': { target: '.routing', actions: ['finish', 'admit'] },
         'request.ended': { target: '.routing', actions: ['finish', 'admit'] },
         'request.salvaged': { target: '.routing', actions: ['finish', 'admit'] },
+        'request.lost': { target: '.routing', actions: ['finish', 'admit'] },
         resume: { target: '.routing', actions: ['resume', 'admit'] },
         cancel: { actions: 'cancel' },
         config: { target: '.routing', actions: ['configure', 'admit'] },

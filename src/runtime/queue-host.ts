@@ -121,6 +121,8 @@ export class QueueHost implements QueueHandle {
   private persistedLastGreen: QueueContext['lastGreen']
   /** Set when the queue actor failed: the queue takes no more work. */
   private failure: StoppedError | undefined
+  /** Requests whose actor failed and could not be recorded (they resume at the next start): why. */
+  private lost: Map<string, Error> | undefined
   private pending: QueueContext | undefined
   private persisting: Promise<void> | undefined
   /** The newest last green seen (stored, or moved to since). */
@@ -185,7 +187,7 @@ export class QueueHost implements QueueHandle {
   }
 
   config(): QueueConfig {
-    return this.actor.getSnapshot().context.config
+    return structuredClone(this.actor.getSnapshot().context.config)
   }
 
   stats(): QueueContext['stats'] {
@@ -396,6 +398,8 @@ export class QueueHost implements QueueHandle {
         return describeRequest(row)
       }
       if (this.failure !== undefined) throw this.failure
+      const lost = this.lost?.get(id)
+      if (lost !== undefined) throw lost
     } catch (error) {
       this.dropWaiter(id, waiter)
       throw error
@@ -423,12 +427,14 @@ export class QueueHost implements QueueHandle {
   }
 
   /**
-   * A request of this queue entered a state: resolves who waits for it, with the row as
-   * committed (the final row this host saw written, or else read from storage). Waiters the
-   * row does not satisfy yet keep waiting: a request enters a step before the step's write
-   * commits, so the stored row can still be at the previous state.
+   * A request of this queue entered a state: when final, resolves who waits for it, with
+   * the row as committed (the final row this host saw written, or else read from storage).
+   * Waiters the row does not satisfy keep waiting.
    */
   notify(id: string, state: RequestState): void {
+    // Non-final states are answered by committed(), at commit; a final one only here, once
+    // the request has reported to the queue.
+    if (!FINAL_REQUEST_STATES.includes(state)) return
     const list = this.waiters?.get(id)
     if (list === undefined || !list.some((w) => reached(state, w.state))) return
     const cached = this.rows?.get(id)
@@ -453,6 +459,17 @@ export class QueueHost implements QueueHandle {
     else this.forget(id)
     // Rows kept from a write share objects with the request's context: each waiter gets a copy.
     for (const w of ready) w.resolve(structuredClone(describeRequest(row)))
+  }
+
+  /**
+   * A request actor failed and could not be recorded: it leaves the queue (freeing its slot)
+   * uncounted, its waiters are rejected, and so is any later wait for it until the next
+   * start resumes it from its row.
+   */
+  lose(id: string, error: Error): void {
+    ;(this.lost ??= new Map()).set(id, error)
+    this.failWaiters(id, error)
+    this.actor.send({ type: 'request.lost', id, at: Math.max(0, Math.floor(this.deps.clock.now())) })
   }
 
   /** Rejects who waits for a request (those waiting for a state `state` reaches; all without `state`). */

@@ -251,6 +251,8 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
 
   const hosts = new Map<string, QueueHost>()
   let stopping = false
+  /** Set when an actor the runtime cannot do without failed: what waiters are rejected with. */
+  let fatal: StoppedError | undefined
 
   const services = requestServices({
     storage,
@@ -288,7 +290,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
   /** A request actor failed for good (its final write was refused): log it and record it indeterminate. */
   const salvage = async (queue: string, id: string, error: unknown): Promise<void> => {
     metrics.childFailures.inc({ queue })
-    logger.error({ err: error, requestId: id }, 'request actor failed; recording it indeterminate')
+    logger.error({ err: error, queue, requestId: id }, 'request actor failed; recording it indeterminate')
     const host = hosts.get(queue)
     try {
       const row = await storage.requests.get(id)
@@ -322,8 +324,8 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       host?.actor.send({ type: 'request.salvaged', id, n, uri: row.uri, at: now() })
       host?.notify(id, 'recorded')
     } catch (salvageError) {
-      logger.error({ err: salvageError, requestId: id }, 'could not salvage a failed request; it resumes at the next start')
-      host?.failWaiters(
+      logger.error({ err: salvageError, queue, requestId: id }, 'could not salvage a failed request; it resumes at the next start')
+      host?.lose(
         id,
         new StorageFailedError(`request ${id} failed and could not be recorded; it resumes at the next start`, { cause: salvageError }),
       )
@@ -353,9 +355,14 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
         if (event.type === 'queue.open') return
         const actor = event.type.slice('xstate.error.actor.'.length)
         if (!actor.startsWith('queue:')) {
-          // The event log, writer or hooks actor: the runtime cannot go on without it.
+          // The event log, writer or hooks actor: the runtime cannot go on without it. It stops
+          // (not by failing the root, which would leave the queues and their builds running).
           logger.fatal({ err: event.error, actor }, 'runtime actor failed; the runtime stops')
-          throw event.error instanceof Error ? event.error : new Error(`${actor} failed: ${String(event.error)}`)
+          fatal ??= new StoppedError(`the runtime stopped: its ${actor} actor failed`, { cause: event.error })
+          queueMicrotask(() => {
+            void api.stop()
+          })
+          return
         }
         logger.error({ err: event.error, actor }, 'queue actor failed; its requests are cancelled and it takes no more work')
         hosts.get(actor.slice('queue:'.length))?.fail(event.error)
@@ -559,7 +566,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     await dispatcher?.stop({ deadlineMs })
     rootActor.stop()
     for (const host of hosts.values()) {
-      host.rejectWaiters(new StoppedError('the runtime stopped'))
+      host.rejectWaiters(fatal ?? new StoppedError('the runtime stopped'))
       await host.flush()
     }
     const eventLog = await events.stop({ deadlineMs })
@@ -567,7 +574,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     return { writer: drained, eventLog }
   }
 
-  return {
+  const api: Stovepipe = {
     queue: openQueue,
     queues: () => [...hosts.values()],
     request: async (id) => {
@@ -584,4 +591,5 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       return stopReport
     },
   }
+  return api
 }

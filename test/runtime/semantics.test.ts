@@ -6,7 +6,7 @@ import { Writable } from 'node:stream'
 import { pino } from 'pino'
 import { describe, expect, it } from 'vitest'
 import type { AnyActorRef } from 'xstate'
-import { InvalidInputError, NotFoundError, StoppedError } from '../../src/index.js'
+import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError, StorageUnavailableError } from '../../src/index.js'
 import { driveUntil, settle, track } from '../support/drive.js'
 import { world } from '../support/runtime.js'
 import { createFakeSourceControl } from '../../src/sourcecontrol/fake.js'
@@ -404,6 +404,70 @@ describe('failures', () => {
     w.sc.commit('other', 'o1')
     const { id } = await w.run(other.ingest())
     expect(await w.run(other.waitFor(id))).toMatchObject({ state: 'recorded', verdict: 'green' })
+  })
+
+  it('a request whose failure cannot be recorded leaves the queue (slot freed), its waiters rejected; it resumes at the next start', async () => {
+    let brokenGets = false
+    const w = await world({
+      builder: { durationMs: 1_000 },
+      wrap: (inner) => ({
+        ...inner,
+        requests: {
+          ...inner.requests,
+          get: (id: string) => (brokenGets ? Promise.reject(new StorageUnavailableError('reads are down')) : inner.requests.get(id)),
+        },
+      }),
+    })
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    const { id } = await w.run(main.ingest())
+    await driveUntil(w.clock, () => w.builder.running() === 1)
+    const waiter = track(main.waitFor(id))
+    // The row moves on behind the actor's back, and reads fail: neither the actor's writes
+    // nor the salvage can succeed.
+    const row = await w.storage.requests.get(id)
+    await w.storage.requests.update({ ...row, state: 'processing' }, row.version, row.version + 5)
+    brokenGets = true
+    await driveUntil(w.clock, () => waiter.settled)
+    expect(waiter.error).toBeInstanceOf(StorageFailedError)
+    expect((waiter.error as Error).message).toContain('resumes at the next start')
+    expect(main.inFlight()).toEqual([])
+    brokenGets = false
+    await expect(w.run(main.waitFor(id))).rejects.toBeInstanceOf(StorageFailedError)
+    // The slot is free: the next head is validated.
+    w.sc.commit('main', 'a2')
+    const next = await w.run(main.ingest())
+    expect(await w.run(main.waitFor(next.id))).toMatchObject({ state: 'recorded', verdict: 'green' })
+    // The next start resumes the lost request from its row.
+    const sp = await w.restart()
+    const resumed = await w.run((await w.run(sp.queue('main'))).waitFor(id))
+    expect(resumed.state).toBe('recorded')
+  })
+
+  it('stops the runtime when an actor it cannot do without fails, rejecting waiters with the cause', async () => {
+    const lines: string[] = []
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(chunk.toString())
+        done()
+      },
+    })
+    const w = await world({ builder: { durationMs: 10_000 }, runtime: { logger: pino({ level: 'error' }, sink) } })
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    const { id } = await w.run(main.ingest())
+    await driveUntil(w.clock, () => w.builder.running() === 1)
+    const waiter = track(main.waitFor(id))
+    // What XState sends the root when its event-log child fails.
+    w.sp.root.send({ type: 'xstate.error.actor.eventLog', error: new Error('event log broke') })
+    await driveUntil(w.clock, () => waiter.settled)
+    expect(waiter.error).toBeInstanceOf(StoppedError)
+    expect((waiter.error as Error).message).toContain('eventLog actor failed')
+    expect(lines.some((line) => line.includes('"level":60') && line.includes('eventLog'))).toBe(true)
+    // Stopped as by stop(): the build is aborted, nothing runs on, no more ingest.
+    await driveUntil(w.clock, () => w.builder.running() === 0)
+    expect(w.builder.builds[0]?.result).toBe('aborted')
+    await expect(w.run(main.ingest())).rejects.toBeInstanceOf(StoppedError)
   })
 })
 
