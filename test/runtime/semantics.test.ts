@@ -3,7 +3,7 @@
  * control and builder (no real sleeps).
  */
 import { Writable } from 'node:stream'
-import { pino } from 'pino'
+import { pino, type Logger } from 'pino'
 import { describe, expect, it } from 'vitest'
 import type { AnyActorRef } from 'xstate'
 import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError, StorageUnavailableError } from '../../src/index.js'
@@ -12,6 +12,18 @@ import { world } from '../support/runtime.js'
 import { createFakeSourceControl } from '../../src/sourcecontrol/fake.js'
 
 const ref = { ref: 'main' }
+
+/** A pino logger at level error whose lines (JSON text) land in `lines`. */
+function errorLog(): { lines: string[]; logger: Logger } {
+  const lines: string[] = []
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      lines.push(chunk.toString())
+      done()
+    },
+  })
+  return { lines, logger: pino({ level: 'error' }, sink) }
+}
 
 describe('ingest', () => {
   it('resolves the head through source control and mints request/<queue>/1', async () => {
@@ -344,14 +356,8 @@ describe('failures', () => {
   })
 
   it('never stops a queue silently: a failed request actor is logged, settled, and the queue goes on', async () => {
-    const lines: string[] = []
-    const sink = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        lines.push(chunk.toString())
-        done()
-      },
-    })
-    const w = await world({ builder: { durationMs: 1_000 }, runtime: { logger: pino({ level: 'error' }, sink) } })
+    const { lines, logger } = errorLog()
+    const w = await world({ builder: { durationMs: 1_000 }, runtime: { logger } })
     const main = await w.run(w.sp.queue('main', ref))
     w.sc.commit('main', 'a1')
     const { id } = await w.run(main.ingest())
@@ -368,14 +374,8 @@ describe('failures', () => {
   })
 
   it('a failed queue actor is logged, cancels its requests (builds aborted) and refuses work; the other queues go on', async () => {
-    const lines: string[] = []
-    const sink = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        lines.push(chunk.toString())
-        done()
-      },
-    })
-    const w = await world({ builder: { durationMs: 10_000 }, runtime: { logger: pino({ level: 'error' }, sink) } })
+    const { lines, logger } = errorLog()
+    const w = await world({ builder: { durationMs: 10_000 }, runtime: { logger } })
     const broken = await w.run(w.sp.queue('broken', { ref: 'broken' }))
     const other = await w.run(w.sp.queue('other', { ref: 'other' }))
     w.sc.commit('broken', 'b1')
@@ -445,14 +445,8 @@ describe('failures', () => {
   })
 
   it('stops the runtime when an actor it cannot do without fails, rejecting waiters with the cause', async () => {
-    const lines: string[] = []
-    const sink = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        lines.push(chunk.toString())
-        done()
-      },
-    })
-    const w = await world({ builder: { durationMs: 10_000 }, runtime: { logger: pino({ level: 'error' }, sink) } })
+    const { lines, logger } = errorLog()
+    const w = await world({ builder: { durationMs: 10_000 }, runtime: { logger } })
     const main = await w.run(w.sp.queue('main', ref))
     w.sc.commit('main', 'a1')
     const { id } = await w.run(main.ingest())
