@@ -159,7 +159,7 @@ export const queueMachine = setup({
   actions: {
     /** A request child failed for good: the runtime logs it and records it indeterminate. */
     childFailed: () => undefined,
-    /** The queue settled after a change (entry to `routing`): the runtime persists what is durable. */
+    /** The queue changed (entry to `routing`, inside the transition): the runtime persists what is durable, once it is over. */
     changed: () => undefined,
     /**
      * Re-spawns the requests restored from storage, each at its persisted step; of those

@@ -101,7 +101,7 @@ export interface Stovepipe {
 
 type RootEvent =
   | { type: 'queue.open'; name: string; context: QueueContext }
-  /** A queue actor failed (XState relays a child's error to its parent). */
+  /** A child actor failed (XState relays a child's error to its parent). */
   | { type: `xstate.error.actor.${string}`; error: unknown }
 
 /** A stable, user-facing label of a request snapshot value, or undefined for transient states. */
@@ -385,7 +385,8 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       { src: 'hooks', id: 'hooks', systemId: 'hooks' },
     ],
     on: {
-      // A queue actor that fails is stopped by XState; the others go on (see QueueHost.fail).
+      // A failed queue is stopped by XState and fails alone (QueueHost.fail); a failed event
+      // log, writer or hooks actor stops the runtime.
       'xstate.error.actor.*': { actions: 'childFailed' },
       'queue.open': {
         actions: enqueueActions(({ enqueue, event }) => {
