@@ -340,6 +340,17 @@ function runCommand(run: CommandRun): Promise<Ending> {
   })
 }
 
+/** The promise `make()` gave for `key`, made once; a rejected one is forgotten, so the next call tries again. */
+function once<T>(cache: Map<string, Promise<T>>, key: string, make: () => Promise<T>): Promise<T> {
+  let promise = cache.get(key)
+  if (promise === undefined) {
+    promise = make()
+    cache.set(key, promise)
+    promise.catch(() => cache.delete(key))
+  }
+  return promise
+}
+
 /**
  * Creates the shell builder.
  *
@@ -392,16 +403,8 @@ export function createShellBuilder(options: ShellBuilderOptions): ShellBuilder {
     return result
   }
 
-  const rootFor = (repo: string): Promise<string> => {
-    if (customRoot !== undefined) return Promise.resolve(customRoot)
-    let root = roots.get(repo)
-    if (root === undefined) {
-      root = defaultWorktreeRoot(repo)
-      roots.set(repo, root)
-      root.catch(() => roots.delete(repo))
-    }
-    return root
-  }
+  const rootFor = (repo: string): Promise<string> =>
+    customRoot !== undefined ? Promise.resolve(customRoot) : once(roots, repo, () => defaultWorktreeRoot(repo))
 
   const prune = async (repo: string): Promise<{ removed: string[] }> => {
     const root = await rootFor(repo)
@@ -417,16 +420,8 @@ export function createShellBuilder(options: ShellBuilderOptions): ShellBuilder {
     return { removed }
   }
 
-  const sweepOnce = (repo: string): Promise<{ removed: string[] }> => {
-    let sweep = sweeps.get(repo)
-    if (sweep === undefined) {
-      sweep = prune(repo)
-      sweeps.set(repo, sweep)
-      // A failed sweep is tried again by the next build.
-      sweep.catch(() => sweeps.delete(repo))
-    }
-    return sweep
-  }
+  // A failed sweep is tried again by the next build.
+  const sweepOnce = (repo: string): Promise<{ removed: string[] }> => once(sweeps, repo, () => prune(repo))
 
   const environment = (request: BuildRequest, sha: string, baselineSha: string): NodeJS.ProcessEnv => {
     const env: NodeJS.ProcessEnv = {}

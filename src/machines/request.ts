@@ -288,18 +288,12 @@ export const requestMachine = setup({
       verdict: context.verdict ?? 'indeterminate',
       at: context.endedAt ?? 0,
     })),
-    reportSuperseded: sendParent(({ context }): RequestReport => ({
+    /** Tells the queue the request ended without a verdict (`state`: superseded or cancelled). */
+    reportEnded: sendParent(({ context }, params: { state: 'superseded' | 'cancelled' }): RequestReport => ({
       type: 'request.ended',
       id: context.id,
       n: context.n,
-      state: 'superseded',
-      at: context.endedAt ?? 0,
-    })),
-    reportCancelled: sendParent(({ context }): RequestReport => ({
-      type: 'request.ended',
-      id: context.id,
-      n: context.n,
-      state: 'cancelled',
+      state: params.state,
       at: context.endedAt ?? 0,
     })),
     /** A final write failed for good: escalate to the queue, which salvages and logs. */
@@ -371,8 +365,20 @@ export const requestMachine = setup({
     superseding: { ...terminal('superseded'), entry: { type: 'entered', params: { step: 'superseding' } } },
     cancelling: { ...terminal('cancelled'), entry: { type: 'entered', params: { step: 'cancelling' } } },
     recorded: { type: 'final', entry: [{ type: 'entered', params: { step: 'recorded' } }, 'reportRecorded'] },
-    superseded: { type: 'final', entry: [{ type: 'entered', params: { step: 'superseded' } }, 'reportSuperseded'] },
-    cancelled: { type: 'final', entry: [{ type: 'entered', params: { step: 'cancelled' } }, 'reportCancelled'] },
+    superseded: {
+      type: 'final',
+      entry: [
+        { type: 'entered', params: { step: 'superseded' } },
+        { type: 'reportEnded', params: { state: 'superseded' } },
+      ],
+    },
+    cancelled: {
+      type: 'final',
+      entry: [
+        { type: 'entered', params: { step: 'cancelled' } },
+        { type: 'reportEnded', params: { state: 'cancelled' } },
+      ],
+    },
   },
 })
 
