@@ -193,12 +193,16 @@ export const queueMachine = setup({
         input: { kind: 'new', id, queue: context.name, uri, n, version, createdAt, maxAttempts: context.config.maxAttempts },
       })
       const requests: Record<string, InFlight> = { ...context.requests, [id]: { n, uri, state: 'accepted' } }
-      // Coalescing: an older request that has not started is superseded by this one.
+      // Coalescing: of the requests that have not started, only the newest (highest number)
+      // stays; normally that is this one, but a newer one accepted first supersedes it.
+      let newest = id
+      for (const [other, inFlight] of Object.entries(requests))
+        if (inFlight.state === 'accepted' && inFlight.n > (requests[newest] as InFlight).n) newest = other
       let superseded = 0
       for (const [other, inFlight] of Object.entries(requests)) {
-        if (inFlight.state === 'accepted' && inFlight.n < n) {
+        if (other !== newest && inFlight.state === 'accepted' && inFlight.n < (requests[newest] as InFlight).n) {
           requests[other] = { ...inFlight, state: 'superseding' }
-          enqueue.sendTo(other, { type: 'SUPERSEDE', by: id, at })
+          enqueue.sendTo(other, { type: 'SUPERSEDE', by: newest, at })
           superseded++
         }
       }

@@ -1,5 +1,5 @@
 /**
- * One queue as the runtime hosts it: its actor, ingest (serialized per queue), the
+ * One queue as the runtime hosts it: its actor, ingest (pipelined, numbered in order), the
  * persistence of the queue's snapshot (CAS, coalesced), waiting for requests, and the
  * public {@link QueueHandle}.
  *
@@ -108,6 +108,8 @@ const reached = (current: RequestState, wanted: RequestState): boolean =>
  */
 export class QueueHost implements QueueHandle {
   private ingestChain: Promise<unknown> | undefined
+  /** Heads whose request is being minted (numbered, not yet claimed), by URI: a second ingest of one joins it. */
+  private minting: Map<string, Promise<IngestResult>> | undefined
   private waiters: Map<string, Waiter[]> | undefined
   /** The last committed row of each request someone waits for. */
   private rows: Map<string, RequestRecord> | undefined
@@ -300,8 +302,11 @@ export class QueueHost implements QueueHandle {
 
   ingest(): Promise<IngestResult> {
     if (this.deps.isStopping()) return Promise.reject(new StoppedError('the runtime is stopped; it accepts no ingest'))
-    const result = this.ingestChain === undefined ? this.ingestOnce() : this.ingestChain.then(() => this.ingestOnce())
-    const chain = result.then(
+    // Turns run one at a time, in call order: each resolves the head, looks it up and queues
+    // its number, so numbers follow the order heads were seen. The writes after that overlap
+    // with the next turns: ingests into one queue pipeline instead of waiting for each other.
+    const turn = this.ingestChain === undefined ? this.ingestTurn() : this.ingestChain.then(() => this.ingestTurn())
+    const chain = turn.then(
       () => undefined,
       () => undefined,
     )
@@ -310,23 +315,54 @@ export class QueueHost implements QueueHandle {
     void chain.then(() => {
       if (this.ingestChain === chain) this.ingestChain = undefined
     })
-    return result
+    return turn.then(({ result }) => result)
   }
 
-  private async ingestOnce(): Promise<IngestResult> {
+  /**
+   * One ingest's turn: resolve the head; a head being ingested right now, or already mapped
+   * to a request, is that request; otherwise queue the counter op (not awaited) and go on
+   * with {@link mint}. Resolves with the rest of the ingest, wrapped so that the chain does
+   * not wait for it.
+   */
+  private async ingestTurn(): Promise<{ result: Promise<IngestResult> }> {
     if (this.deps.isStopping()) throw new StoppedError('the runtime is stopped; it accepts no ingest')
     if (this.failure !== undefined) throw this.failure
     const uri = await this.deps.sourceControlFor(this.name).latest()
+    const minting = this.minting?.get(uri)
+    if (minting !== undefined) {
+      return {
+        result: minting.then(({ id }) => {
+          this.deps.onIngest(true)
+          return { id, uri, deduplicated: true }
+        }),
+      }
+    }
     const existing = await this.deps.storage.requestUris.getIdByUri(this.name, uri).catch((error: unknown) => {
       if (error instanceof NotFoundError) return undefined
       throw error
     })
-    if (existing !== undefined) {
-      await this.heal(existing, uri)
-      this.deps.onIngest(true)
-      return { id: existing, uri, deduplicated: true }
+    if (existing !== undefined) return { result: this.reuse(existing, uri) }
+    const result = this.mint(uri, this.deps.writer.write([{ op: 'counter.next', queue: this.name }]))
+    const minted = (this.minting ??= new Map())
+    minted.set(uri, result)
+    const done = (): void => {
+      if (minted.get(uri) === result) minted.delete(uri)
+      if (minted.size === 0 && this.minting === minted) this.minting = undefined
     }
-    const [counter] = await this.deps.writer.write([{ op: 'counter.next', queue: this.name }])
+    result.then(done, done)
+    return { result }
+  }
+
+  /** A head that already has a request: heal its row if a crash left only the mapping. */
+  private async reuse(id: string, uri: string): Promise<IngestResult> {
+    await this.heal(id, uri)
+    this.deps.onIngest(true)
+    return { id, uri, deduplicated: true }
+  }
+
+  /** Mints the request of a new head once its number is committed: the claim and the row, then the actor. */
+  private async mint(uri: string, numbering: Promise<WriterResult[]>): Promise<IngestResult> {
+    const [counter] = await numbering
     if (counter?.status !== 'ok' || counter.value === undefined)
       throw writeFailure(counter ?? { status: 'not_found' }, `request number of ${this.name}`)
     const n = counter.value
@@ -341,12 +377,7 @@ export class QueueHost implements QueueHandle {
       ],
       { atomic: true },
     )
-    if (claim?.status === 'already_exists') {
-      const winner = await this.deps.storage.requestUris.getIdByUri(this.name, uri)
-      await this.heal(winner, uri)
-      this.deps.onIngest(true)
-      return { id: winner, uri, deduplicated: true }
-    }
+    if (claim?.status === 'already_exists') return this.reuse(await this.deps.storage.requestUris.getIdByUri(this.name, uri), uri)
     if (claim?.status !== 'ok') throw writeFailure(claim ?? { status: 'not_found' }, `claim of ${uri}`)
     if (row?.status !== 'ok') throw writeFailure(row ?? { status: 'not_found' }, `request ${id}`)
     this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })

@@ -132,35 +132,44 @@ describe('request machine', () => {
   })
 })
 
+/**
+ * A queue (maxConcurrent 1) whose requests never finish and note every event they are sent
+ * into `events`, on a SimulatedClock.
+ */
+function stuckQueue(events: { id: string; type: string }[]) {
+  // A request that never finishes and remembers what it was told.
+  interface StuckInput {
+    id?: string
+    context?: { id: string }
+  }
+  const types: { input: StuckInput; context: { id: string } } = { input: {}, context: { id: '' } }
+  const stuck = setup({ types }).createMachine({
+    context: ({ input }) => ({ id: input.id ?? input.context?.id ?? '?' }),
+    on: { '*': { actions: ({ context, event }) => events.push({ id: context.id, type: event.type }) } },
+  })
+  const clock = new SimulatedClock()
+  const queue = queueMachine.provide({
+    actors: { request: stuck as never },
+    delays: { nextDue: ({ context }) => Math.max(0, (nextDueAt(context) ?? 0) - clock.now()) },
+  })
+  const context: QueueContext = {
+    name: 'main',
+    config: { ref: 'main', maxConcurrent: 1, maxValidationMs: 1_000, leaseGraceMs: 500, maxAttempts: 3 },
+    lastGreen: null,
+    requests: {},
+    leases: {},
+    deadlines: {},
+    expiredAt: 0,
+    stats: { accepted: 0, superseded: 0, cancelled: 0, green: 0, red: 0, indeterminate: 0, leaseExpiries: 0 },
+  }
+  const actor = createActor(queue, { input: { context }, clock }).start()
+  return { actor, clock }
+}
+
 describe('queue machine', () => {
   it('expires a slot lease at its deadline, cancels its request and starts the next one', () => {
     const events: { id: string; type: string }[] = []
-    // A request that never finishes and remembers what it was told.
-    interface StuckInput {
-      id?: string
-      context?: { id: string }
-    }
-    const types: { input: StuckInput; context: { id: string } } = { input: {}, context: { id: '' } }
-    const stuck = setup({ types }).createMachine({
-      context: ({ input }) => ({ id: input.id ?? input.context?.id ?? '?' }),
-      on: { '*': { actions: ({ context, event }) => events.push({ id: context.id, type: event.type }) } },
-    })
-    const clock = new SimulatedClock()
-    const queue = queueMachine.provide({
-      actors: { request: stuck as never },
-      delays: { nextDue: ({ context }) => Math.max(0, (nextDueAt(context) ?? 0) - clock.now()) },
-    })
-    const context: QueueContext = {
-      name: 'main',
-      config: { ref: 'main', maxConcurrent: 1, maxValidationMs: 1_000, leaseGraceMs: 500, maxAttempts: 3 },
-      lastGreen: null,
-      requests: {},
-      leases: {},
-      deadlines: {},
-      expiredAt: 0,
-      stats: { accepted: 0, superseded: 0, cancelled: 0, green: 0, red: 0, indeterminate: 0, leaseExpiries: 0 },
-    }
-    const actor = createActor(queue, { input: { context }, clock }).start()
+    const { actor, clock } = stuckQueue(events)
     actor.send({ type: 'request.accepted', id: 'request/main/1', n: 1, uri: 'fake://a1', version: 0, createdAt: 0, at: 0 })
     actor.send({ type: 'request.accepted', id: 'request/main/2', n: 2, uri: 'fake://a2', version: 0, createdAt: 0, at: 0 })
     expect(actor.getSnapshot().context.leases).toEqual({ 'request/main/1': 1_500 })
@@ -173,5 +182,22 @@ describe('queue machine', () => {
     // The freed slot went to the waiting request.
     expect(Object.keys(after.leases)).toEqual(['request/main/2'])
     expect(events).toContainEqual({ id: 'request/main/2', type: 'START' })
+  })
+
+  it('coalesces by number, not arrival: an older head accepted after a newer one that waits is superseded at once', () => {
+    const events: { id: string; type: string }[] = []
+    const { actor } = stuckQueue(events)
+    const accepted = (n: number): void => {
+      actor.send({ type: 'request.accepted', id: `request/main/${n}`, n, uri: `fake://a${n}`, version: 0, createdAt: 0, at: 0 })
+    }
+    accepted(1) // holds the only slot
+    accepted(3) // waits
+    accepted(2) // older than the waiting one
+    const { requests, stats } = actor.getSnapshot().context
+    expect(requests['request/main/2']?.state).toBe('superseding')
+    expect(requests['request/main/3']?.state).toBe('accepted')
+    expect(stats.superseded).toBe(1)
+    expect(events).toContainEqual({ id: 'request/main/2', type: 'SUPERSEDE' })
+    expect(events).not.toContainEqual({ id: 'request/main/3', type: 'SUPERSEDE' })
   })
 })

@@ -9,7 +9,7 @@ import type { AnyActorRef } from 'xstate'
 import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError, StorageUnavailableError } from '../../src/index.js'
 import { driveUntil, settle, track } from '../support/drive.js'
 import { world } from '../support/runtime.js'
-import { createFakeSourceControl } from '../../src/sourcecontrol/fake.js'
+import { createFakeSourceControl, type FakeSourceControl } from '../../src/sourcecontrol/fake.js'
 
 const ref = { ref: 'main' }
 
@@ -52,6 +52,44 @@ describe('ingest', () => {
     await w.run(main.waitFor(first.id))
     expect(await w.run(main.ingest())).toEqual({ ...first, deduplicated: true })
     expect((await w.storage.requests.listByQueue('main')).items).toHaveLength(1)
+  })
+
+  it('pipelines concurrent ingests into one queue: numbered in the order their heads were seen, their writes grouped', async () => {
+    // A ref that moves on every look, as under a stream of pushes: each ingest sees a new head.
+    const fake = createFakeSourceControl()
+    let pushes = 0
+    const sc: FakeSourceControl = {
+      ...fake,
+      forQueue: (target) => {
+        const inner = fake.forQueue(target)
+        return { ...inner, latest: () => (fake.commit(target.ref, `h${++pushes}`), inner.latest()) }
+      },
+    }
+    const w = await world({ sc, builder: { durationMs: 1000 } })
+    const main = await w.run(w.sp.queue('main', { ...ref, maxConcurrent: 20 }))
+    const batches = w.sp.writer.stats().batches
+    const ingested = await w.run(Promise.all(Array.from({ length: 20 }, () => main.ingest())))
+    expect(ingested.map(({ id, uri }) => [id, uri])).toEqual(
+      Array.from({ length: 20 }, (_, i) => [`request/main/${i + 1}`, `fake://h${i + 1}`]),
+    )
+    // One at a time, each ingest waits for two commits (its number, then claim and row): 40 batches at least.
+    expect(w.sp.writer.stats().batches - batches).toBeLessThan(20)
+    const views = await w.run(Promise.all(ingested.map(({ id }) => main.waitFor(id))))
+    expect(views.map((view) => view.verdict)).toEqual(Array.from({ length: 20 }, () => 'green'))
+  })
+
+  it('joins concurrent ingests of one head: one request minted, no number burned', async () => {
+    const w = await world()
+    w.sc.commit('main', 'a1')
+    const main = await w.run(w.sp.queue('main', ref))
+    const results = await w.run(Promise.all([main.ingest(), main.ingest(), main.ingest()]))
+    expect(results).toEqual([
+      { id: 'request/main/1', uri: 'fake://a1', deduplicated: false },
+      { id: 'request/main/1', uri: 'fake://a1', deduplicated: true },
+      { id: 'request/main/1', uri: 'fake://a1', deduplicated: true },
+    ])
+    expect((await w.storage.requests.listByQueue('main')).items).toHaveLength(1)
+    expect(await w.storage.counters.next('main')).toBe(2)
   })
 
   it('heals a mapping whose row is missing (a crash between the two writes) and validates it', async () => {
