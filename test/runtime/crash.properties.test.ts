@@ -1,7 +1,9 @@
 /**
  * Crash property: random workloads on a simulated clock, with the runtime abandoned
  * without stop (a crash: nothing more reaches storage) or stopped gracefully at random
- * points and started again on the same storage. Whatever happens:
+ * points and started again on the same storage. Some ingests are awaited, others left
+ * running while later steps push, ingest, crash or restart; bursts push and ingest several
+ * heads in a row, so ingests into one queue overlap. Whatever happens:
  * - every acknowledged ingest reaches a final state;
  * - a fact, once stored, never changes;
  * - last green never moves backwards, across restarts too.
@@ -17,7 +19,10 @@ import { tempDir } from '../support/sqlite.js'
 
 type Step =
   | { kind: 'push'; queue: 'main' | 'rel' }
-  | { kind: 'ingest'; queue: 'main' | 'rel' }
+  /** `wait: false` leaves the ingest running into the next steps; it counts once it resolves. */
+  | { kind: 'ingest'; queue: 'main' | 'rel'; wait: boolean }
+  /** Pushes and ingests `pushes` times in a row without waiting: ingests of different heads overlap. */
+  | { kind: 'burst'; queue: 'main' | 'rel'; pushes: number }
   | { kind: 'tick'; ms: number }
   | { kind: 'crash'; downMs: number }
   | { kind: 'restart' }
@@ -25,7 +30,8 @@ type Step =
 const queueName = fc.constantFrom<'main' | 'rel'>('main', 'rel')
 const step: fc.Arbitrary<Step> = fc.oneof(
   { arbitrary: fc.record({ kind: fc.constant('push' as const), queue: queueName }), weight: 3 },
-  { arbitrary: fc.record({ kind: fc.constant('ingest' as const), queue: queueName }), weight: 4 },
+  { arbitrary: fc.record({ kind: fc.constant('ingest' as const), queue: queueName, wait: fc.boolean() }), weight: 4 },
+  { arbitrary: fc.record({ kind: fc.constant('burst' as const), queue: queueName, pushes: fc.integer({ min: 2, max: 4 }) }), weight: 2 },
   { arbitrary: fc.record({ kind: fc.constant('tick' as const), ms: fc.integer({ min: 1, max: 400 }) }), weight: 4 },
   { arbitrary: fc.record({ kind: fc.constant('crash' as const), downMs: fc.integer({ min: 0, max: 3_000 }) }), weight: 1 },
   { arbitrary: fc.constant({ kind: 'restart' as const }), weight: 1 },
@@ -53,6 +59,15 @@ async function check(
   await w.run(w.sp.queue('main', { ref: 'main', ...config }))
   await w.run(w.sp.queue('rel', { ref: 'rel', ...config }))
   const acknowledged = new Set<string>()
+  /** Ingests left running; the ones that resolve are acknowledged. */
+  const running: ReturnType<typeof track<{ id: string }>>[] = []
+  const push = (queue: 'main' | 'rel', sha: string): void => {
+    w.sc.commit(queue, sha)
+    shas[queue].push(sha)
+  }
+  const collect = (): void => {
+    for (const pending of running) if (pending.value !== undefined) acknowledged.add(pending.value.id)
+  }
   const shas = { main: [] as string[], rel: [] as string[] }
   const facts = new Map<string, Fact>()
   const greenSeen = { main: 0, rel: 0 }
@@ -77,10 +92,15 @@ async function check(
 
   for (const [i, s] of steps.entries()) {
     switch (s.kind) {
-      case 'push': {
-        const sha = `${s.queue}${i}`
-        w.sc.commit(s.queue, sha)
-        shas[s.queue].push(sha)
+      case 'push':
+        push(s.queue, `${s.queue}${i}`)
+        break
+      case 'burst': {
+        const handle = w.sp.queues().find((q) => q.name === s.queue)
+        for (let k = 0; k < s.pushes; k++) {
+          push(s.queue, `${s.queue}${i}-${k}`)
+          if (handle !== undefined) running.push(track(handle.ingest()))
+        }
         break
       }
       case 'ingest': {
@@ -88,8 +108,8 @@ async function check(
         const handle = w.sp.queues().find((q) => q.name === s.queue)
         if (handle === undefined) break
         const pending = track(handle.ingest())
-        await driveUntil(w.clock, () => pending.settled, { stepMs: 1, realTimeoutMs: 10_000 })
-        if (pending.value !== undefined) acknowledged.add(pending.value.id)
+        running.push(pending)
+        if (s.wait) await driveUntil(w.clock, () => pending.settled, { stepMs: 1, realTimeoutMs: 10_000 })
         break
       }
       case 'tick':
@@ -106,6 +126,7 @@ async function check(
         break
     }
     await settle()
+    collect()
     await observe()
   }
 
@@ -120,6 +141,7 @@ async function check(
       w.clock.increment(50)
       await settle(1)
     }
+    collect() // ingests of the last runtime left running resolve meanwhile
   }
   const stuck = (await Promise.all([...acknowledged].map((id) => w.storage.requests.get(id)))).filter((row) => !final.has(row.state))
   expect(stuck.map((row) => `${row.id} ${row.state} ${JSON.stringify((row.data as { step?: string }).step)}`)).toEqual([])
