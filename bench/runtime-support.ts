@@ -211,9 +211,10 @@ export function createHeldBuilder(): HeldBuilder {
 }
 
 /**
- * A source control that keeps nothing: each `latest()` is a new head `fake://<queue>-<k>`,
- * every commit descends from every other. For heap measurements, so the fake's commit
- * graph is not counted as the runtime's.
+ * A source control that keeps nothing: each `latest()` is a new head `fake://<queue>-<k>`
+ * (a ref that moves on every look, as under a stream of pushes), every commit descends
+ * from every other. Lifecycle clients can ingest at once without racing for heads, and
+ * heap figures do not count the fake's commit graph as the runtime's.
  */
 export function createStatelessSourceControl(): SourceControlProvider {
   return {

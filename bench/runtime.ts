@@ -3,13 +3,17 @@
  * with the fake builder at zero duration and the real clock, side by side with baselines in
  * one run:
  *
- * 1. lifecycles/s, ingest → recorded, across 1, 100 and 1000 queues. Each queue loops:
- *    commit a new head on its ref in the fake source control, `ingest()`, `waitFor(id,
- *    'recorded')`; all queues at once, so one request in flight per queue (1 queue:
- *    sequential heads). A case keeps starting lifecycles for BENCH_RUNTIME_SECONDS, every
- *    queue at least once, and its rate is lifecycles / time until the last one is recorded
- *    (many queues move in waves, so the tail wave is counted whole). Every case runs on a
- *    fresh runtime and file, in alternating order over BENCH_RUNTIME_ROUNDS rounds, median.
+ * 1. lifecycles/s, ingest → recorded, the same load spread across 1, 100 and 1000 queues:
+ *    at least 100 lifecycles in flight, as 100 clients on the one queue (maxConcurrent 100)
+ *    and one client per queue at 100 and 1000 queues. A client loops `ingest()`,
+ *    `waitFor(id, 'recorded')` against a ref that moves on every look (each ingest sees a
+ *    new head, as under a stream of pushes). A fourth case, reported but without a goal,
+ *    is one client on one queue: one head at a time, so a lifecycle's seven acknowledged
+ *    writes run one after another and nothing can be grouped (its figure is latency). A
+ *    case keeps starting lifecycles for BENCH_RUNTIME_SECONDS, every client at least once,
+ *    and its rate is lifecycles / time until the last one is recorded (many queues move in
+ *    waves, so the tail wave is counted whole). Every case runs on a fresh runtime and
+ *    file, in alternating order over BENCH_RUNTIME_ROUNDS rounds, median.
  *    Baselines:
  *    (a) bare XState: the same queue and request machines in an actor system of the same
  *        shape (root → queue actors → request children), stub actors resolving at once with
@@ -56,8 +60,9 @@ import { createActor, enqueueActions, fromPromise, setup } from 'xstate'
 import { createFakeBuilder } from '../src/build/fake.js'
 import { createStovepipe, type QueueHandle, type Storage, type Stovepipe, type WriteOp } from '../src/index.js'
 import type { RequestContext } from '../src/machines/index.js'
-import { createFakeSourceControl } from '../src/sourcecontrol/fake.js'
 import { openSqliteStorage } from '../src/storage/sqlite/index.js'
+import { COMMIT_PREPARED, type MaybePreparedCommitter } from '../src/storage/facade.js'
+import type { PreparedOp } from '../src/storage/validation.js'
 import {
   BareSystem,
   buildingRow,
@@ -77,7 +82,21 @@ const SECONDS = Number(process.env.BENCH_RUNTIME_SECONDS ?? 2)
 const LIFECYCLE_ROUNDS = Number(process.env.BENCH_RUNTIME_ROUNDS ?? 2)
 const RESTART_ROUNDS = Number(process.env.BENCH_RUNTIME_RESTART_ROUNDS ?? 3)
 const PARTS = new Set((process.env.BENCH_RUNTIME_PARTS ?? 'lifecycles,heap,restart').split(','))
-const QUEUE_COUNTS = [1, 100, 1000] as const
+/** How one lifecycle case spreads its load. */
+interface Case {
+  label: string
+  queues: number
+  /** Clients per queue (each keeps one lifecycle in flight); the queue's maxConcurrent. */
+  perQueue: number
+  /** Whether the case has goals (the one-at-a-time case is reported only). */
+  goals: boolean
+}
+const CASES: readonly Case[] = [
+  { label: '1 queue', queues: 1, perQueue: 100, goals: true },
+  { label: '100 queues', queues: 100, perQueue: 1, goals: true },
+  { label: '1000 queues', queues: 1000, perQueue: 1, goals: true },
+  { label: '1 queue, 1 at a time', queues: 1, perQueue: 1, goals: false },
+]
 const IDLE_QUEUES = 1000
 const HELD_QUEUES = 100
 const HELD_PER_QUEUE = 100
@@ -97,6 +116,8 @@ interface Run {
   ms: number
   /** Ops per storage commit (runtime runs only). */
   opsPerCommit?: number
+  /** Milliseconds spent in storage commits per lifecycle (runtime runs only). */
+  commitMs?: number
 }
 
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i)
@@ -107,15 +128,15 @@ async function drained(sp: Stovepipe): Promise<void> {
   await until(() => sp.writer.stats().pending === 0 && !sp.writer.stats().flushing, 60_000, 'the writer to drain')
 }
 
-/** Each queue loops ingest → recorded until the deadline (at least once); returns lifecycles/s. */
-async function loopQueues(queues: number, ms: number, lifecycle: (queue: number, k: number) => Promise<void>): Promise<Run> {
+/** Each client of each queue loops ingest → recorded until the deadline (at least once); returns lifecycles/s. */
+async function loopQueues(c: Case, ms: number, lifecycle: (queue: number) => Promise<void>): Promise<Run> {
   let count = 0
   const start = performance.now()
   const deadline = start + ms
   await Promise.all(
-    range(queues).map(async (q) => {
+    range(c.queues * c.perQueue).map(async (client) => {
       for (let k = 0; k === 0 || performance.now() < deadline; k++) {
-        await lifecycle(q, k)
+        await lifecycle(client % c.queues)
         count++
       }
     }),
@@ -125,45 +146,78 @@ async function loopQueues(queues: number, ms: number, lifecycle: (queue: number,
 }
 
 /** 1b. Our runtime (default writer, or the naive one-op-per-transaction writer) on a fresh SQLite file. */
-async function runtimeLifecycles(dir: string, kind: Kind, sync: Sync, queues: number, ms: number): Promise<Run> {
-  const storage = await openSqliteStorage({ filename: join(dir, `${kind}-${sync}-${queues}-${Date.now()}.db`), synchronous: sync })
-  const sc = createFakeSourceControl()
+async function runtimeLifecycles(dir: string, kind: Kind, sync: Sync, c: Case, ms: number): Promise<Run> {
+  const storage = await openSqliteStorage({
+    filename: join(dir, `${kind}-${sync}-${c.queues}x${c.perQueue}-${Date.now()}.db`),
+    synchronous: sync,
+  })
+  const commits = timeCommits(storage)
+  const sc = createStatelessSourceControl()
   const builder = createFakeBuilder({ outcome: () => 'passed', durationMs: 0 })
   const sp = await createStovepipe({
-    storage,
+    storage: commits.storage,
     sourceControl: sc,
     builder,
     ...(kind === 'naive' ? { writer: { maxBatch: 1, lingerMs: 0 } } : {}),
   })
   try {
-    const handles: QueueHandle[] = await Promise.all(range(queues).map((q) => sp.queue(`q${q}`, { ref: `r${q}` })))
+    const handles: QueueHandle[] = await Promise.all(
+      range(c.queues).map((q) => sp.queue(`q${q}`, { ref: `r${q}`, maxConcurrent: c.perQueue })),
+    )
     await drained(sp)
     const before = sp.writer.stats()
+    commits.ms = 0
     let notGreen = 0
-    const run = await loopQueues(queues, ms, async (q, k) => {
-      sc.commit(`r${q}`, `c${q}-${k}`)
+    let deduplicated = 0
+    const run = await loopQueues(c, ms, async (q) => {
       const handle = handles[q] as QueueHandle
-      const { id } = await handle.ingest()
+      const ingested = await handle.ingest()
+      if (ingested.deduplicated) deduplicated++
+      const { id } = ingested
       const view = await handle.waitFor(id, 'recorded')
       if (view.verdict !== 'green') notGreen++
     })
     await drained(sp)
+    const commitMs = commits.ms / run.count
     const after = sp.writer.stats()
     if (notGreen > 0) throw new Error(`${notGreen} lifecycles did not end green`)
+    if (deduplicated > 0) throw new Error(`${deduplicated} ingests found an old head`)
     if (after.deadLettered !== before.deadLettered) throw new Error(`${after.deadLettered - before.deadLettered} ops dead-lettered`)
-    return { ...run, opsPerCommit: (after.committed - before.committed) / Math.max(1, after.batches - before.batches) }
+    return { ...run, commitMs, opsPerCommit: (after.committed - before.committed) / Math.max(1, after.batches - before.batches) }
   } finally {
     await sp.stop()
     await storage.close()
   }
 }
 
+/**
+ * `storage` as seen through an object that sums the time the writer spends in its commits
+ * (the prepared-ops path, which the SQLite facade offers and the writer takes) into `ms`.
+ */
+function timeCommits(storage: Storage): { storage: Storage; ms: number } {
+  const committer = storage as MaybePreparedCommitter
+  const commit = committer[COMMIT_PREPARED]
+  if (commit === undefined) throw new Error('the SQLite storage offers no prepared commit path to time')
+  const timed = { storage: Object.create(storage) as Storage, ms: 0 }
+  Object.defineProperty(timed.storage, COMMIT_PREPARED, {
+    value: async (ops: PreparedOp[]) => {
+      const start = performance.now()
+      try {
+        return await commit(ops)
+      } finally {
+        timed.ms += since(start)
+      }
+    },
+  })
+  return timed
+}
+
 /** 1a. The bare XState baseline, same loop. */
-async function bareLifecycles(queues: number, ms: number): Promise<Run> {
+async function bareLifecycles(c: Case, ms: number): Promise<Run> {
   const bare = new BareSystem()
   try {
-    for (const q of range(queues)) bare.open(`q${q}`)
-    return await loopQueues(queues, ms, (q) => bare.lifecycle(`q${q}`))
+    for (const q of range(c.queues)) bare.open(`q${q}`, c.perQueue)
+    return await loopQueues(c, ms, (q) => bare.lifecycle(`q${q}`))
   } finally {
     bare.stop()
   }
@@ -176,34 +230,40 @@ const VARIANTS: readonly Variant[] = ['bare', 'ours-NORMAL', 'naive-NORMAL', 'ou
 interface LifecycleResults {
   rate: Record<Variant, number>
   opsPerCommit: Record<Variant, number>
+  commitMs: Record<Variant, number>
 }
 
-async function runVariant(dir: string, variant: Variant, queues: number, ms: number): Promise<Run> {
-  if (variant === 'bare') return bareLifecycles(queues, ms)
+async function runVariant(dir: string, variant: Variant, c: Case, ms: number): Promise<Run> {
+  if (variant === 'bare') return bareLifecycles(c, ms)
   const [kind, sync] = variant.split('-') as [Kind, Sync]
-  return runtimeLifecycles(dir, kind, sync, queues, ms)
+  return runtimeLifecycles(dir, kind, sync, c, ms)
 }
 
-async function benchLifecycles(dir: string): Promise<Map<number, LifecycleResults>> {
+async function benchLifecycles(dir: string): Promise<Map<Case, LifecycleResults>> {
   progress(`warm-up: 1 s of bare and of ours at 100 queues`)
-  await bareLifecycles(100, 1000)
-  await runtimeLifecycles(dir, 'ours', 'NORMAL', 100, 1000)
-  const results = new Map<number, LifecycleResults>()
-  for (const queues of QUEUE_COUNTS) {
+  const warm: Case = { label: 'warm-up', queues: 100, perQueue: 1, goals: false }
+  await bareLifecycles(warm, 1000)
+  await runtimeLifecycles(dir, 'ours', 'NORMAL', warm, 1000)
+  const results = new Map<Case, LifecycleResults>()
+  for (const c of CASES) {
     const runs = new Map<Variant, Run[]>(VARIANTS.map((v) => [v, []]))
     for (let round = 0; round < LIFECYCLE_ROUNDS; round++) {
       // Alternate the order so that drift in machine load does not favour one variant.
       for (const variant of round % 2 === 0 ? VARIANTS : [...VARIANTS].reverse()) {
-        const run = await runVariant(dir, variant, queues, SECONDS * 1000)
+        const run = await runVariant(dir, variant, c, SECONDS * 1000)
         runs.get(variant)?.push(run)
         progress(
-          `${queues} queue(s), round ${round + 1}: ${variant} ${run.rate.toFixed(0)}/s (${run.count} in ${run.ms.toFixed(0)} ms${run.opsPerCommit === undefined ? '' : `, ${run.opsPerCommit.toFixed(1)} ops/commit`})`,
+          `${c.label}, round ${round + 1}: ${variant} ${run.rate.toFixed(0)}/s (${run.count} in ${run.ms.toFixed(0)} ms${run.opsPerCommit === undefined ? '' : `, ${run.opsPerCommit.toFixed(1)} ops/commit`})`,
         )
       }
     }
     const pick = (f: (run: Run) => number): Record<Variant, number> =>
       Object.fromEntries(VARIANTS.map((v) => [v, median((runs.get(v) ?? []).map(f))])) as Record<Variant, number>
-    results.set(queues, { rate: pick((r) => r.rate), opsPerCommit: pick((r) => r.opsPerCommit ?? Number.NaN) })
+    results.set(c, {
+      rate: pick((r) => r.rate),
+      opsPerCommit: pick((r) => r.opsPerCommit ?? Number.NaN),
+      commitMs: pick((r) => r.commitMs ?? Number.NaN),
+    })
   }
   return results
 }
@@ -465,14 +525,14 @@ async function child(name: string | undefined, arg: string | undefined): Promise
 
 const pad = (text: string, width: number): string => text.padStart(width)
 
-function reportLifecycles(lifecycles: Map<number, LifecycleResults>, targets: Target[]): void {
+function reportLifecycles(lifecycles: Map<Case, LifecycleResults>, targets: Target[]): void {
   console.log('')
-  console.log(`lifecycles/s (ingest → recorded), one request in flight per queue; median of ${LIFECYCLE_ROUNDS} rounds`)
-  console.log(`${'case'.padEnd(34)}${QUEUE_COUNTS.map((q) => pad(`${q} queue${q === 1 ? '' : 's'}`, 14)).join('')}`)
+  console.log(
+    `lifecycles/s (ingest → recorded); clients × queues in flight: ${CASES.map((c) => `${c.label} ${c.perQueue}×${c.queues}`).join(', ')}; median of ${LIFECYCLE_ROUNDS} rounds`,
+  )
+  console.log(`${'case'.padEnd(34)}${CASES.map((c) => pad(c.label, 22)).join('')}`)
   const row = (label: string, cell: (r: LifecycleResults) => number, digits = 0): void => {
-    console.log(
-      `${label.padEnd(34)}${QUEUE_COUNTS.map((q) => pad(cell(lifecycles.get(q) as LifecycleResults).toFixed(digits), 14)).join('')}`,
-    )
+    console.log(`${label.padEnd(34)}${CASES.map((c) => pad(cell(lifecycles.get(c) as LifecycleResults).toFixed(digits), 22)).join('')}`)
   }
   row('bare XState (no persistence)', (r) => r.rate.bare)
   for (const sync of ['NORMAL', 'FULL'] as const) {
@@ -484,9 +544,23 @@ function reportLifecycles(lifecycles: Map<number, LifecycleResults>, targets: Ta
     row(`ours/naive (${sync})`, (r) => r.rate[`ours-${sync}`] / r.rate[`naive-${sync}`], 2)
   }
   for (const sync of ['NORMAL', 'FULL'] as const) row(`ops per commit, ours ${sync}`, (r) => r.opsPerCommit[`ours-${sync}`], 1)
-  for (const queues of QUEUE_COUNTS) {
-    const r = lifecycles.get(queues) as LifecycleResults
-    const label = `${queues} queue${queues === 1 ? '' : 's'}`
+  for (const sync of ['NORMAL', 'FULL'] as const) row(`commit ms per lifecycle, ours ${sync}`, (r) => r.commitMs[`ours-${sync}`], 3)
+  // What 8× naive FULL leaves per lifecycle, next to what bare XState alone spends and what
+  // our commits alone take: when the first is below the sum of the other two, no runtime
+  // running these machines on this storage can meet the goal.
+  row('ms per lifecycle at 8× naive FULL', (r) => 1000 / (8 * r.rate['naive-FULL']), 3)
+  row('ms per lifecycle, bare XState', (r) => 1000 / r.rate.bare, 3)
+  const alone = CASES.find((c) => !c.goals)
+  const one = alone === undefined ? undefined : lifecycles.get(alone)
+  if (one !== undefined) {
+    const ms = (rate: number): string => `${(1000 / rate).toFixed(2)} ms`
+    console.log(
+      `one head at a time, per lifecycle: bare ${ms(one.rate.bare)}, ours ${ms(one.rate['ours-NORMAL'])} (NORMAL) / ${ms(one.rate['ours-FULL'])} (FULL), naive ${ms(one.rate['naive-NORMAL'])} / ${ms(one.rate['naive-FULL'])} (no goal: nothing to group)`,
+    )
+  }
+  for (const c of CASES.filter((x) => x.goals)) {
+    const r = lifecycles.get(c) as LifecycleResults
+    const label = c.label
     targets.push({ name: `lifecycles ours/bare XState, ${label}`, value: r.rate['ours-NORMAL'] / r.rate.bare, goal: 0.3, unit: 'x' })
     targets.push({
       name: `lifecycles ours/naive, synchronous FULL, ${label}`,
