@@ -3,8 +3,9 @@
  * as its children, so their errors escalate to it), coalescing, the concurrency gate and
  * the last green pointer.
  *
- * - `request.accepted`: spawn the request; supersede older requests that have not started
- *   (coalescing); start what the gate allows.
+ * - `request.accepted`: spawn the request; of the requests that have not started, keep only
+ *   the newest by number (coalescing: usually the one just accepted, but a request older
+ *   than one already waiting is superseded at once); start what the gate allows.
  * - The gate: at most `maxConcurrent` requests hold a slot. A slot is a lease with a
  *   deadline (the request's deadline plus `leaseGraceMs`), so a stuck or lost request
  *   cannot hold it forever: an expired lease is released and its request cancelled.

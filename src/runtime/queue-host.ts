@@ -104,11 +104,15 @@ const reached = (current: RequestState, wanted: RequestState): boolean =>
 
 /**
  * One queue. Kept small (an idle queue is mostly its XState actor): the dependencies are
- * shared by every queue, and waiters and the ingest chain exist only while in use.
+ * shared by every queue, and waiters, the ingest chain and the heads being minted exist
+ * only while in use.
  */
 export class QueueHost implements QueueHandle {
   private ingestChain: Promise<unknown> | undefined
-  /** Heads whose request is being minted (numbered, not yet claimed), by URI: a second ingest of one joins it. */
+  /**
+   * Heads whose request is being minted, by URI, from the turn that queued the number until
+   * the mint settles: a later ingest of the same head joins it (and shares its outcome).
+   */
   private minting: Map<string, Promise<IngestResult>> | undefined
   private waiters: Map<string, Waiter[]> | undefined
   /** The last committed row of each request someone waits for. */
@@ -318,15 +322,25 @@ export class QueueHost implements QueueHandle {
     return turn.then(({ result }) => result)
   }
 
+  /** Refuses work once the runtime stops or the queue failed. */
+  private checkOpen(): void {
+    if (this.deps.isStopping()) throw new StoppedError('the runtime is stopped; it accepts no ingest')
+    this.refuseIfFailed()
+  }
+
+  /** Throws the queue's failure, if it failed (a method: the check must be read afresh after each await). */
+  private refuseIfFailed(): void {
+    if (this.failure !== undefined) throw this.failure
+  }
+
   /**
-   * One ingest's turn: resolve the head; a head being ingested right now, or already mapped
+   * One ingest's turn: resolve the head; a head being minted right now, or already mapped
    * to a request, is that request; otherwise queue the counter op (not awaited) and go on
    * with {@link mint}. Resolves with the rest of the ingest, wrapped so that the chain does
    * not wait for it.
    */
   private async ingestTurn(): Promise<{ result: Promise<IngestResult> }> {
-    if (this.deps.isStopping()) throw new StoppedError('the runtime is stopped; it accepts no ingest')
-    if (this.failure !== undefined) throw this.failure
+    this.checkOpen()
     const uri = await this.deps.sourceControlFor(this.name).latest()
     const minting = this.minting?.get(uri)
     if (minting !== undefined) {
@@ -342,14 +356,13 @@ export class QueueHost implements QueueHandle {
       throw error
     })
     if (existing !== undefined) return { result: this.reuse(existing, uri) }
-    const result = this.mint(uri, this.deps.writer.write([{ op: 'counter.next', queue: this.name }]))
-    const minted = (this.minting ??= new Map())
-    minted.set(uri, result)
-    const done = (): void => {
-      if (minted.get(uri) === result) minted.delete(uri)
-      if (minted.size === 0 && this.minting === minted) this.minting = undefined
-    }
-    result.then(done, done)
+    this.checkOpen() // stopped or failed while looking: no number is taken
+    // The entry goes before the mint settles (its finally), so no later turn joins a settled mint.
+    const result = this.mint(uri, this.deps.writer.write([{ op: 'counter.next', queue: this.name }])).finally(() => {
+      this.minting?.delete(uri)
+      if (this.minting?.size === 0) this.minting = undefined
+    })
+    ;(this.minting ??= new Map()).set(uri, result)
     return { result }
   }
 
@@ -365,6 +378,7 @@ export class QueueHost implements QueueHandle {
     const [counter] = await numbering
     if (counter?.status !== 'ok' || counter.value === undefined)
       throw writeFailure(counter ?? { status: 'not_found' }, `request number of ${this.name}`)
+    this.refuseIfFailed()
     const n = counter.value
     const id = `request/${this.name}/${n}`
     const at = Math.max(0, Math.floor(this.deps.clock.now()))
@@ -377,9 +391,17 @@ export class QueueHost implements QueueHandle {
       ],
       { atomic: true },
     )
-    if (claim?.status === 'already_exists') return this.reuse(await this.deps.storage.requestUris.getIdByUri(this.name, uri), uri)
-    if (claim?.status !== 'ok') throw writeFailure(claim ?? { status: 'not_found' }, `claim of ${uri}`)
-    if (row?.status !== 'ok') throw writeFailure(row ?? { status: 'not_found' }, `request ${id}`)
+    if (claim?.status === 'already_exists') {
+      const winner = await this.deps.storage.requestUris.getIdByUri(this.name, uri)
+      // The claim is ours when a retried commit had applied and only its acknowledgement was
+      // lost (the row then reports already_exists too): go on as if it had been acknowledged.
+      if (winner !== id) return this.reuse(winner, uri)
+    } else {
+      if (claim?.status !== 'ok') throw writeFailure(claim ?? { status: 'not_found' }, `claim of ${uri}`)
+      if (row?.status !== 'ok') throw writeFailure(row ?? { status: 'not_found' }, `request ${id}`)
+    }
+    // The queue failed meanwhile: its actor takes no requests; the row resumes at the next start.
+    this.refuseIfFailed()
     this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })
     this.deps.onIngest(false)
     return { id, uri, deduplicated: false }

@@ -100,6 +100,9 @@ async function check(
         for (let k = 0; k < s.pushes; k++) {
           push(s.queue, `${s.queue}${i}-${k}`)
           if (handle !== undefined) running.push(track(handle.ingest()))
+          // Lets this ingest's turn look at the head before the next push (its writes wait
+          // for the writer's linger on the clock, so the mints overlap).
+          await settle(1)
         }
         break
       }

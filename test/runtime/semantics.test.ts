@@ -5,8 +5,15 @@
 import { Writable } from 'node:stream'
 import { pino, type Logger } from 'pino'
 import { describe, expect, it } from 'vitest'
-import type { AnyActorRef } from 'xstate'
-import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError, StorageUnavailableError } from '../../src/index.js'
+import { SimulatedClock, type AnyActorRef } from 'xstate'
+import {
+  InvalidInputError,
+  NotFoundError,
+  StoppedError,
+  StorageFailedError,
+  StorageUnavailableError,
+  type WriteOp,
+} from '../../src/index.js'
 import { driveUntil, settle, track } from '../support/drive.js'
 import { world } from '../support/runtime.js'
 import { createFakeSourceControl, type FakeSourceControl } from '../../src/sourcecontrol/fake.js'
@@ -76,6 +83,56 @@ describe('ingest', () => {
     expect(w.sp.writer.stats().batches - batches).toBeLessThan(20)
     const views = await w.run(Promise.all(ingested.map(({ id }) => main.waitFor(id))))
     expect(views.map((view) => view.verdict)).toEqual(Array.from({ length: 20 }, () => 'green'))
+  })
+
+  it('numbers heads in the order they were seen even when source control answers out of order', async () => {
+    // Each look at the ref sees a new head; earlier looks take longer to answer.
+    const clock = new SimulatedClock()
+    clock.set(1_700_000_000_000)
+    const fake = createFakeSourceControl()
+    let looks = 0
+    const sc: FakeSourceControl = {
+      ...fake,
+      forQueue: (target) => ({
+        ...fake.forQueue(target),
+        latest: () => {
+          const head = fake.commit(target.ref, `h${++looks}`)
+          return new Promise<string>((resolve) => {
+            clock.setTimeout(() => {
+              resolve(head)
+            }, 50 - looks)
+          })
+        },
+      }),
+    }
+    const w = await world({ sc, clock })
+    const main = await w.run(w.sp.queue('main', { ...ref, maxConcurrent: 5 }))
+    const ingested = await w.run(Promise.all(Array.from({ length: 5 }, () => main.ingest())), 1)
+    expect(ingested.map(({ id, uri }) => [id, uri])).toEqual(
+      Array.from({ length: 5 }, (_, i) => [`request/main/${i + 1}`, `fake://h${i + 1}`]),
+    )
+  })
+
+  it('a claim whose acknowledgement was lost (the retry finds it applied) is still the request of this ingest, and is validated', async () => {
+    let lose = true
+    const w = await world({
+      wrap: (inner) => ({
+        ...inner,
+        commit: async (ops: readonly WriteOp[]) => {
+          const results = await inner.commit(ops)
+          if (lose && ops.some((op) => op.op === 'requestUri.create')) {
+            lose = false
+            throw new StorageUnavailableError('the commit applied; its acknowledgement was lost')
+          }
+          return results
+        },
+      }),
+    })
+    w.sc.commit('main', 'a1')
+    const main = await w.run(w.sp.queue('main', ref))
+    expect(await w.run(main.ingest())).toEqual({ id: 'request/main/1', uri: 'fake://a1', deduplicated: false })
+    expect(lose).toBe(false)
+    expect(await w.run(main.waitFor('request/main/1'))).toMatchObject({ state: 'recorded', verdict: 'green' })
   })
 
   it('joins concurrent ingests of one head: one request minted, no number burned', async () => {
@@ -413,7 +470,23 @@ describe('failures', () => {
 
   it('a failed queue actor is logged, cancels its requests (builds aborted) and refuses work; the other queues go on', async () => {
     const { lines, logger } = errorLog()
-    const w = await world({ builder: { durationMs: 10_000 }, runtime: { logger } })
+    // Holds the commit of the next request number of `broken` until released.
+    let holdNumber = false
+    let release = (): void => undefined
+    const w = await world({
+      builder: { durationMs: 10_000 },
+      runtime: { logger },
+      wrap: (inner) => ({
+        ...inner,
+        commit: async (ops: readonly WriteOp[]) => {
+          if (holdNumber && ops.some((op) => op.op === 'counter.next' && op.queue === 'broken')) {
+            holdNumber = false
+            await new Promise<void>((resolve) => (release = resolve))
+          }
+          return inner.commit(ops)
+        },
+      }),
+    })
     const broken = await w.run(w.sp.queue('broken', { ref: 'broken' }))
     const other = await w.run(w.sp.queue('other', { ref: 'other' }))
     w.sc.commit('broken', 'b1')
@@ -422,12 +495,21 @@ describe('failures', () => {
     const waiting = await w.run(broken.ingest())
     await driveUntil(w.clock, () => w.builder.running() === 1)
     const waiter = track(broken.waitFor(waiting.id))
+    // An ingest whose number is being committed when the actor fails.
+    w.sc.commit('broken', 'b2b')
+    holdNumber = true
+    const minting = track(broken.ingest())
+    await driveUntil(w.clock, () => !holdNumber)
     // A bug in the machine, simulated: an event its action cannot handle makes the actor fail.
     const actor = w.sp.system.get('queue:broken') as AnyActorRef | undefined
     actor?.send({ type: 'resume', requests: null, at: 0 })
     expect(lines.some((line) => line.includes('queue actor failed') && line.includes('queue:broken'))).toBe(true)
-    await driveUntil(w.clock, () => waiter.settled)
+    release()
+    await driveUntil(w.clock, () => waiter.settled && minting.settled)
     expect(waiter.error).toBeInstanceOf(StoppedError)
+    // The ingest under way is refused and mints nothing.
+    expect(minting.error).toBeInstanceOf(StoppedError)
+    await expect(w.storage.requestUris.getIdByUri('broken', 'fake://b2b')).rejects.toBeInstanceOf(NotFoundError)
     // Its requests end cancelled: the build is aborted, nothing runs on unattended, no fact.
     await driveUntil(w.clock, () => w.builder.running() === 0)
     expect(w.builder.builds.map((b) => b.result)).toEqual(['aborted'])
