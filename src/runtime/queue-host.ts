@@ -357,7 +357,7 @@ export class QueueHost implements QueueHandle {
     })
     if (existing !== undefined) return { result: this.reuse(existing, uri) }
     this.checkOpen() // stopped or failed while looking: no number is taken
-    // The entry goes before the mint settles (its finally), so no later turn joins a settled mint.
+    // The entry is dropped in `finally`, before `result` settles, so no later turn joins a settled mint.
     const result = this.mint(uri, this.deps.writer.write([{ op: 'counter.next', queue: this.name }])).finally(() => {
       this.minting?.delete(uri)
       if (this.minting?.size === 0) this.minting = undefined
