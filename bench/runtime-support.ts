@@ -3,8 +3,10 @@
  * actors, no persistence), a builder that holds every build until the runtime stops, a
  * stateless source control, request rows in the shape the runtime writes, and heap probes.
  */
-import { createActor, enqueueActions, fromPromise, setup, type AnyActorRef } from 'xstate'
+import { createActor, enqueueActions, fromCallback, fromPromise, setup, type AnyActorRef } from 'xstate'
 import {
+  BUILD_SERVICE,
+  type BuildServiceEvent,
   newQueueContext,
   newRequestContext,
   nextDueAt,
@@ -53,8 +55,11 @@ export function queueConfig(ref: string, maxConcurrent = 1): QueueConfig {
 export interface StubOptions {
   /** Called on every step the machine enters (the runtime's `entered` action). */
   onStep?: (context: RequestContext, step: string) => void
-  /** When true, `build` never resolves (a build in flight); default: it passes at once. */
-  holdBuilds?: boolean
+  /**
+   * For request actors without a build service in their system (each its own root): the
+   * request asks for no build and its build stays in flight.
+   */
+  standalone?: boolean
 }
 
 /**
@@ -62,7 +67,7 @@ export interface StubOptions {
  * runtime's would (each step bumps the version), and the runtime's deadline delay.
  */
 export function stubRequestMachine(options: StubOptions = {}) {
-  const { onStep, holdBuilds = false } = options
+  const { onStep, standalone = false } = options
   const next = (input: StubStepInput): number => (input.step === 'concluding' ? input.context.version : input.context.version + 1)
   return requestMachine.provide({
     actors: {
@@ -75,9 +80,6 @@ export function stubRequestMachine(options: StubOptions = {}) {
             ? { strategy: 'full' as const, baseline: null, fallback: 'no last green yet', version: next(input) }
             : { strategy: 'incremental' as const, baseline: input.context.lastGreen.uri, fallback: null, version: next(input) },
         ),
-      ),
-      build: fromPromise<BuildResult & { version: number }, StubStepInput>(({ input }) =>
-        holdBuilds ? new Promise<never>(() => undefined) : Promise.resolve({ outcome: 'passed' as const, version: next(input) }),
       ),
       record: fromPromise<RecordOutput, StubStepInput>(({ input }) =>
         Promise.resolve({
@@ -94,6 +96,7 @@ export function stubRequestMachine(options: StubOptions = {}) {
       entered: ({ context }, params: { step: string }) => {
         onStep?.(context, params.step)
       },
+      ...(standalone ? { startBuild: () => undefined, abortBuild: () => undefined } : {}),
     },
     delays: {
       retry: () => 1000,
@@ -114,8 +117,8 @@ export class BareSystem {
   building = 0
 
   constructor(options: { holdBuilds?: boolean } = {}) {
+    const holdBuilds = options.holdBuilds ?? false
     const request = stubRequestMachine({
-      holdBuilds: options.holdBuilds ?? false,
       onStep: (context, step) => {
         if (step === 'processing.building') this.building++
         if (step !== 'recorded') return
@@ -131,11 +134,18 @@ export class BareSystem {
         nextDue: ({ context }) => Math.min(2 ** 31 - 1, Math.max(0, (nextDueAt(context) ?? 0) - Date.now())),
       },
     })
+    // The build service, stubbed: every build passes at once, or stays in flight.
+    const builds = fromCallback<BuildServiceEvent>(({ receive }) => {
+      receive((event) => {
+        if (event.type === 'build.start' && !holdBuilds) event.reply.send({ type: 'build.done', result: { outcome: 'passed' } })
+      })
+    })
     const root = setup({
       types: { events: {} as { type: 'queue.open'; name: string; context: QueueContext } },
-      actors: { queue },
+      actors: { queue, builds },
     }).createMachine({
       id: 'bare',
+      invoke: { src: 'builds', id: 'builds', systemId: BUILD_SERVICE },
       on: {
         'queue.open': {
           actions: enqueueActions(({ enqueue, event }) => {

@@ -453,7 +453,7 @@ async function restartOurs(filename: string): Promise<{ opened: number; resumed:
 /** 3, baseline (in a child process): raw rows, JSON.parse, one bare request actor per row (builds held). */
 function restartBaseline(filename: string): number {
   const total = RESTART_QUEUES * RESTART_PER_QUEUE
-  const machine = stubRequestMachine({ holdBuilds: true })
+  const machine = stubRequestMachine({ standalone: true })
   const start = performance.now()
   const raw = new Database(filename, { readonly: true })
   const rows = raw.prepare<[], { data: string }>(`SELECT * FROM requests WHERE state NOT IN ${FINAL_STATES}`).all()

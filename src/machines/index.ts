@@ -4,8 +4,9 @@
  */
 export { newQueueContext, nextDueAt, queueMachine } from './queue.js'
 export type { InFlight, QueueActor, QueueConfig, QueueContext, QueueEvent, QueueInput, QueueLastGreen, QueueSnapshot } from './queue.js'
-export { newRequestContext, requestMachine, stateOfStep } from './request.js'
+export { BUILD_SERVICE, newRequestContext, requestMachine, stateOfStep } from './request.js'
 export type {
+  BuildServiceEvent,
   BuildSummary,
   PersistInput,
   PersistOutput,

@@ -6,8 +6,14 @@
  *    ├──SUPERSEDE──▶ superseded          (planning or building) ──CANCEL / DEADLINE──▶ cancelled / recorded (indeterminate)
  * ```
  *
- * Pure: every side effect is a provided actor (`persist`, `plan`, `build`, `record`) or
- * delay (`retry`), swapped in by the runtime (`machine.provide`) and by tests. The deadline
+ * Pure: every side effect is a provided actor (`persist`, `plan`, `record`) or delay
+ * (`retry`), swapped in by the runtime (`machine.provide`) and by tests, or a message to
+ * the build service: the actor with system id {@link BUILD_SERVICE} (one per actor system)
+ * runs builds for every request, which asks for one with `build.start` when its build
+ * step is persisted, hears `build.done` or `build.failed`, and sends `build.abort` when it
+ * leaves the step (cancel, deadline). A shared service rather than an actor invoked per
+ * request: a build can run for an hour, and an invoked actor per request in flight costs
+ * about 2.5 KB of heap (an XState actor, its snapshot and its AbortController). The deadline
  * (`deadlineAt`, absolute) is kept by the queue, which sends `DEADLINE` when it passes: one
  * timer per queue instead of one per request.
  * Every durable step first persists its state (a CAS write the machine waits for), then
@@ -17,7 +23,18 @@
  *
  * @module
  */
-import { assign, fromPromise, not, sendParent, setup, stateIn, type ActorRefFrom, type SnapshotFrom } from 'xstate'
+import {
+  assign,
+  fromPromise,
+  not,
+  sendParent,
+  sendTo,
+  setup,
+  stateIn,
+  type ActorRefFrom,
+  type AnyActorRef,
+  type SnapshotFrom,
+} from 'xstate'
 import type { BuildResult, Strategy } from '../build/types.js'
 import type { RequestState } from '../storage/types.js'
 
@@ -92,6 +109,20 @@ export type RequestEvent =
   | { type: 'CANCEL'; at: number }
   /** `deadlineAt` passed (sent by the queue): planning or building ends indeterminate. */
   | { type: 'DEADLINE'; at: number }
+  /** From the build service: the build ended (an `error` outcome comes as `build.failed`). */
+  | { type: 'build.done'; result: BuildResult }
+  /** From the build service: the build could not run or its infrastructure failed. */
+  | { type: 'build.failed'; error: unknown }
+
+/** System id of the build service (see the module comment). */
+export const BUILD_SERVICE = 'builds'
+
+/** Messages the build service takes. */
+export type BuildServiceEvent =
+  /** Run the build of `context` (persisted at `processing.building`); answer `reply`. */
+  | { type: 'build.start'; context: RequestContext; reply: AnyActorRef }
+  /** Stop the build of request `id`, if it runs; no answer. */
+  | { type: 'build.abort'; id: string }
 
 /** What a request tells its queue when it ends. */
 export type RequestReport =
@@ -139,7 +170,7 @@ export interface PersistOutput {
   version: number
   step: RequestStep
 }
-/** Input of the step actors (`plan`, `build`, `record`): persist `step`, then do the work. */
+/** Input of the step actors (`plan`, `record`): persist `step`, then do the work. */
 export interface StepInput {
   context: RequestContext
   /** The step to persist first (`concluding` records without persisting a step of its own). */
@@ -152,8 +183,6 @@ export interface PlanOutput {
   fallback: string | null
   version: number
 }
-/** Output of `build`: the builder's result, and the row version after persisting the step. */
-export type BuildOutput = BuildResult & { version: number }
 /** Output of `record`: the verdict as stored (an existing fact wins), and the row version. */
 export interface RecordOutput {
   verdict: Verdict
@@ -185,7 +214,7 @@ export function stateOfStep(step: RequestStep): RequestState {
  * A step state. Its actor first persists the step (a CAS write the machine waits for),
  * then works; transient failures retry the whole step after a backoff.
  */
-function step(name: RequestStep, work: 'plan' | 'build' | 'record', next: string, done: 'planned' | 'built' | 'recorded') {
+function step(name: RequestStep, work: 'plan' | 'record', next: string, done: 'planned' | 'recorded') {
   return {
     initial: 'running' as const,
     entry: { type: 'entered' as const, params: { step: name } },
@@ -216,7 +245,6 @@ export const requestMachine = setup({
   actors: {
     persist: notProvided('persist') as unknown as ReturnType<typeof fromPromise<PersistOutput, PersistInput>>,
     plan: notProvided('plan') as unknown as ReturnType<typeof fromPromise<PlanOutput, StepInput>>,
-    build: notProvided('build') as unknown as ReturnType<typeof fromPromise<BuildOutput, StepInput>>,
     record: notProvided('record') as unknown as ReturnType<typeof fromPromise<RecordOutput, StepInput>>,
   },
   delays: {
@@ -241,8 +269,19 @@ export const requestMachine = setup({
       const { strategy, baseline, fallback, version } = (event as unknown as { output: PlanOutput }).output
       return { strategy, baseline, fallback, version, step: 'processing.planning' as const, attempt: 0 }
     }),
+    /** Asks the build service to run this request's build. */
+    startBuild: sendTo(
+      ({ system }) => system.get(BUILD_SERVICE) as AnyActorRef,
+      ({ context, self }): BuildServiceEvent => ({ type: 'build.start', context, reply: self }),
+    ),
+    /** Tells the build service to stop this request's build (a no-op once it ended). */
+    abortBuild: sendTo(
+      ({ system }) => system.get(BUILD_SERVICE) as AnyActorRef,
+      ({ context }): BuildServiceEvent => ({ type: 'build.abort', id: context.id }),
+    ),
     built: assign(({ event }) => {
-      const result = (event as unknown as { output: BuildOutput }).output
+      if (event.type !== 'build.done') return {}
+      const { result } = event
       const build: BuildSummary = {
         outcome: result.outcome === 'passed' ? 'passed' : 'failed',
         projects: result.projects ?? null,
@@ -252,7 +291,7 @@ export const requestMachine = setup({
       const degree =
         projects.length > 0 ? projects.filter((p) => p === 'failed').length / projects.length : build.outcome === 'passed' ? 0 : 1
       const verdict = degree === 0 ? ('green' as const) : ('red' as const)
-      return { build, degree, verdict, version: result.version, step: 'processing.building' as const, attempt: 0 }
+      return { build, degree, verdict, attempt: 0 }
     }),
     recorded: assign(({ event }) => {
       const out = (event as unknown as { output: RecordOutput }).output
@@ -335,9 +374,36 @@ export const requestMachine = setup({
           ...step('processing.planning', 'plan', '#request.processing.building', 'planned'),
           on: { CANCEL: { target: '#request.cancelling', actions: 'cancelled' } },
         },
+        /** Persists the step, then has the build service run the build. */
         building: {
-          ...step('processing.building', 'build', '#request.processing.recording', 'built'),
+          initial: 'persisting',
+          entry: { type: 'entered', params: { step: 'processing.building' } },
           on: { CANCEL: { target: '#request.cancelling', actions: 'cancelled' } },
+          states: {
+            persisting: {
+              invoke: {
+                src: 'persist',
+                input: ({ context }): PersistInput => ({ context, step: 'processing.building', state: 'processing' }),
+                onDone: { target: 'running', actions: 'stored' },
+                onError: [
+                  { guard: 'canRetry', target: 'waiting', actions: 'failedAttempt' },
+                  { target: '#request.concluding', actions: 'gaveUp' },
+                ],
+              },
+            },
+            running: {
+              entry: 'startBuild',
+              exit: 'abortBuild',
+              on: {
+                'build.done': { target: '#request.processing.recording', actions: 'built' },
+                'build.failed': [
+                  { guard: 'canRetry', target: 'waiting', actions: 'failedAttempt' },
+                  { target: '#request.concluding', actions: 'gaveUp' },
+                ],
+              },
+            },
+            waiting: { after: { retry: 'persisting' } },
+          },
         },
         /** Persists the build result, then writes the fact (unless one exists) and the verdict. */
         recording: step('processing.recording', 'record', '#request.recorded', 'recorded'),

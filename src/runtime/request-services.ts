@@ -1,14 +1,15 @@
 /**
  * The side effects of the request machine, as the runtime provides them: persisting a
- * step (CAS through the writer), planning (source control), building, recording (fact and
- * verdict). Each is a promise actor; XState aborts its signal when the request leaves the
- * state (cancel, deadline), which stops a running build.
+ * step (CAS through the writer), planning (source control) and recording (fact and
+ * verdict), each a promise actor; and the build service, one callback actor for the whole
+ * actor system, which runs every request's build and aborts it when the request leaves
+ * its build step (cancel, deadline) or the service stops (the runtime stopped).
  *
  * @internal
  * @module
  */
 import type { Logger } from 'pino'
-import { fromPromise } from 'xstate'
+import { fromCallback, fromPromise, type AnyActorRef } from 'xstate'
 import type { Clock } from '../actors/clock.js'
 import type { WriterResult, Writer } from '../actors/writer.js'
 import type { BuildRunner } from '../build/types.js'
@@ -16,12 +17,13 @@ import { truncateText } from '../hooks/outbox.js'
 import type { VerdictPayload } from '../hooks/types.js'
 import {
   stateOfStep,
-  type BuildOutput,
+  type BuildServiceEvent,
   type PersistInput,
   type PersistOutput,
   type PlanOutput,
   type RecordOutput,
   type RequestContext,
+  type RequestEvent,
   type RequestStep,
   type StepInput,
   type Verdict,
@@ -204,25 +206,6 @@ export function requestServices(deps: RequestServiceDeps) {
     }
   })
 
-  const build = fromPromise<BuildOutput, StepInput>(async ({ input, signal }) => {
-    const context = await enter(input)
-    const result = await deps.builder.run({
-      queue: context.queue,
-      requestId: context.id,
-      uri: context.uri,
-      strategy: context.strategy ?? 'full',
-      ...(context.baseline === null ? {} : { baseline: context.baseline }),
-      ...(context.projects === null ? {} : { projects: context.projects }),
-      signal,
-      clock: deps.clock,
-    })
-    if (result.outcome === 'error') {
-      const tail = result.log === undefined ? '' : `: ${result.log.slice(-500)}`
-      throw new UnavailableError(`build infrastructure failed for ${context.uri}${tail}`)
-    }
-    return { ...result, version: context.version }
-  })
-
   const record = fromPromise<RecordOutput, StepInput>(async ({ input }) => {
     const context = await enter(input)
     const at = Math.max(0, Math.floor(deps.clock.now()))
@@ -294,5 +277,63 @@ export function requestServices(deps: RequestServiceDeps) {
     return { ...final, version, at }
   })
 
-  return { persist, plan, build, record }
+  return { persist, plan, record }
+}
+
+/** What the build service answers a request with. */
+type BuildAnswer = Extract<RequestEvent, { type: 'build.done' | 'build.failed' }>
+
+/**
+ * The build service (system id `BUILD_SERVICE`): runs the build each request asks for with
+ * `build.start`, answers the request with `build.done` or `build.failed`, and aborts a build
+ * on `build.abort` or when the service stops. A build whose request left meanwhile is not
+ * answered. An `error` outcome (the build infrastructure failed) is a retryable failure.
+ */
+export function buildService(deps: Pick<RequestServiceDeps, 'builder' | 'clock'>) {
+  return fromCallback<BuildServiceEvent>(({ receive }) => {
+    const running = new Map<string, AbortController>()
+    const answer = (id: string, controller: AbortController, reply: AnyActorRef, event: BuildAnswer): void => {
+      if (running.get(id) !== controller) return // aborted or superseded by a newer attempt
+      running.delete(id)
+      reply.send(event)
+    }
+    const start = (context: RequestContext, reply: AnyActorRef): void => {
+      running.get(context.id)?.abort()
+      const controller = new AbortController()
+      running.set(context.id, controller)
+      void (async () => {
+        try {
+          const result = await deps.builder.run({
+            queue: context.queue,
+            requestId: context.id,
+            uri: context.uri,
+            strategy: context.strategy ?? 'full',
+            ...(context.baseline === null ? {} : { baseline: context.baseline }),
+            ...(context.projects === null ? {} : { projects: context.projects }),
+            signal: controller.signal,
+            clock: deps.clock,
+          })
+          if (result.outcome === 'error') {
+            const tail = result.log === undefined ? '' : `: ${result.log.slice(-500)}`
+            throw new UnavailableError(`build infrastructure failed for ${context.uri}${tail}`)
+          }
+          answer(context.id, controller, reply, { type: 'build.done', result })
+        } catch (error) {
+          if (controller.signal.aborted) return
+          answer(context.id, controller, reply, { type: 'build.failed', error })
+        }
+      })()
+    }
+    receive((event) => {
+      if (event.type === 'build.start') start(event.context, event.reply)
+      else {
+        running.get(event.id)?.abort()
+        running.delete(event.id)
+      }
+    })
+    return () => {
+      for (const controller of running.values()) controller.abort()
+      running.clear()
+    }
+  })
 }

@@ -30,14 +30,14 @@ import {
   type QueueContext,
   type QueueLastGreen,
 } from '../machines/queue.js'
-import { newRequestContext, requestMachine, type RequestContext, type RequestStep } from '../machines/request.js'
+import { BUILD_SERVICE, newRequestContext, requestMachine, type RequestContext, type RequestStep } from '../machines/request.js'
 import { isSourceControlProvider, type SourceControl, type SourceControlProvider } from '../sourcecontrol/types.js'
 import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError } from '../storage/errors.js'
 import { FINAL_REQUEST_STATES, type QueueRecord, type RequestRecord, type RequestState, type Storage } from '../storage/types.js'
 import { assertQueueName, parseRequestId } from '../storage/validation.js'
 import { normalizeQueueConfig, type QueueConfigInput } from './config.js'
 import { QueueHost, type QueueHandle, type QueueHostDeps } from './queue-host.js'
-import { outboxOutcome, requestRecord, requestServices, verdictPayload } from './request-services.js'
+import { buildService, outboxOutcome, requestRecord, requestServices, verdictPayload } from './request-services.js'
 import { describeRequest, type RequestView } from './views.js'
 
 /** Options of {@link createStovepipe}. */
@@ -125,8 +125,8 @@ const topState = (label: string): RequestState =>
       : (label as RequestState)
 
 function shortEvent(type: string): string {
-  if (type.startsWith('xstate.done.actor')) return 'DONE'
-  if (type.startsWith('xstate.error.actor')) return 'FAILED'
+  if (type.startsWith('xstate.done.actor') || type === 'build.done') return 'DONE'
+  if (type.startsWith('xstate.error.actor') || type === 'build.failed') return 'FAILED'
   if (type.startsWith('xstate.after')) return 'TIMEOUT'
   if (type === 'xstate.init') return 'INIT'
   return type
@@ -376,6 +376,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       hooks: fromCallback(() => () => {
         dispatcher?.halt()
       }),
+      builds: buildService({ builder, clock }),
     },
   }).createMachine({
     id: 'stovepipe',
@@ -383,6 +384,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       { src: 'eventLog', id: 'eventLog', systemId: 'eventLog' },
       { src: 'writer', id: 'writer', systemId: 'writer' },
       { src: 'hooks', id: 'hooks', systemId: 'hooks' },
+      { src: 'builds', id: 'builds', systemId: BUILD_SERVICE },
     ],
     on: {
       // A failed queue is stopped by XState and fails alone (QueueHost.fail); a failed event

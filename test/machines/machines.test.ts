@@ -3,9 +3,17 @@
  * SimulatedClock, no runtime, no storage.
  */
 import { describe, expect, it } from 'vitest'
-import { SimulatedClock, createActor, fromPromise, setup, type AnyActorLogic } from 'xstate'
+import { SimulatedClock, createActor, fromCallback, fromPromise, setup, type AnyActorLogic } from 'xstate'
 import { nextDueAt, queueMachine, type QueueContext } from '../../src/machines/queue.js'
-import { newRequestContext, requestMachine, type PersistInput, type RequestContext, type StepInput } from '../../src/machines/request.js'
+import {
+  BUILD_SERVICE,
+  newRequestContext,
+  requestMachine,
+  type BuildServiceEvent,
+  type PersistInput,
+  type RequestContext,
+  type StepInput,
+} from '../../src/machines/request.js'
 import { settle } from '../support/drive.js'
 
 /** The request machine with stub actors that note the step each one was asked to persist. */
@@ -24,7 +32,6 @@ function stubbedRequest(overrides: Record<string, AnyActorLogic> = {}) {
       plan: fromPromise(({ input }: { input: StepInput }) =>
         Promise.resolve({ strategy: 'full' as const, baseline: null, fallback: null, version: note(input) }),
       ),
-      build: fromPromise(({ input }: { input: StepInput }) => Promise.resolve({ outcome: 'passed' as const, version: note(input) })),
       record: fromPromise(({ input }: { input: StepInput }) => {
         const { context } = input
         return Promise.resolve({
@@ -42,11 +49,27 @@ function stubbedRequest(overrides: Record<string, AnyActorLogic> = {}) {
   return { machine, persisted }
 }
 
-/** Runs a request machine under a parent (it reports to its parent when it ends). */
-function underParent(machine: AnyActorLogic, childInput: unknown, clock: SimulatedClock) {
+/** A build service whose builds pass at once, noting what it is told into `told`. */
+function passingBuilds(told: string[] = []) {
+  return fromCallback<BuildServiceEvent>(({ receive }) => {
+    receive((event) => {
+      told.push(event.type)
+      if (event.type === 'build.start') event.reply.send({ type: 'build.done', result: { outcome: 'passed' } })
+    })
+  })
+}
+
+/**
+ * Runs a request machine under a parent (it reports to its parent when it ends), next to a
+ * build service (`builds`, default: every build passes at once).
+ */
+function underParent(machine: AnyActorLogic, childInput: unknown, clock: SimulatedClock, builds: AnyActorLogic = passingBuilds()) {
   const reports: unknown[] = []
-  const parent = setup({ actors: { child: machine } }).createMachine({
-    invoke: { src: 'child', id: 'request', input: childInput as never },
+  const parent = setup({ actors: { child: machine, builds } }).createMachine({
+    invoke: [
+      { src: 'builds', id: 'builds', systemId: BUILD_SERVICE },
+      { src: 'child', id: 'request', input: childInput as never },
+    ],
     on: { '*': { actions: ({ event }) => reports.push(event) } },
   })
   const actor = createActor(parent, { clock }).start()
@@ -86,13 +109,16 @@ describe('request machine', () => {
 
   it('retries a transient failure after the backoff delay on the clock, then gives up indeterminate', async () => {
     let builds = 0
-    const failing = fromPromise(() => {
-      builds++
-      return Promise.reject(Object.assign(new Error('runner offline'), { retryable: true }))
+    const failing = fromCallback<BuildServiceEvent>(({ receive }) => {
+      receive((event) => {
+        if (event.type !== 'build.start') return
+        builds++
+        event.reply.send({ type: 'build.failed', error: Object.assign(new Error('runner offline'), { retryable: true }) })
+      })
     })
-    const { machine } = stubbedRequest({ build: failing })
+    const { machine, persisted } = stubbedRequest()
     const clock = new SimulatedClock()
-    const { child: actor } = underParent(machine, input, clock)
+    const { child: actor } = underParent(machine, input, clock, failing)
     actor.send(start)
     await settle()
     expect(builds).toBe(1)
@@ -105,11 +131,34 @@ describe('request machine', () => {
     clock.increment(2000) // second retry after 2000 ms
     await settle()
     expect(builds).toBe(3)
+    // Each attempt persists the step again before building.
+    expect(persisted.filter((step) => step === 'processing.building')).toHaveLength(3)
     expect(actor.getSnapshot().value).toBe('recorded')
     expect(actor.getSnapshot().context).toMatchObject({
       verdict: 'indeterminate',
       reason: expect.stringContaining('gave up after 3 attempt(s)') as string,
     })
+  })
+
+  it('asks the build service for its build once the step is persisted, and tells it to abort when cancelled', async () => {
+    const told: string[] = []
+    const held = fromCallback<BuildServiceEvent>(({ receive }) => {
+      receive((event) => {
+        told.push(event.type) // never answers: the build stays in flight
+      })
+    })
+    const { machine, persisted } = stubbedRequest()
+    const { child: actor, reports } = underParent(machine, input, new SimulatedClock(), held)
+    actor.send(start)
+    await settle()
+    expect(persisted).toEqual(['processing.planning', 'processing.building'])
+    expect(told).toEqual(['build.start'])
+    expect(actor.getSnapshot().value).toEqual({ processing: { building: 'running' } })
+    actor.send({ type: 'CANCEL', at: 5 })
+    await settle()
+    expect(told).toEqual(['build.start', 'build.abort'])
+    expect(actor.getSnapshot().value).toBe('cancelled')
+    expect(reports).toContainEqual({ type: 'request.ended', id: 'request/main/1', n: 1, state: 'cancelled', at: 5 })
   })
 
   it('resumes at the persisted step: a context at processing.building does not plan again', async () => {
