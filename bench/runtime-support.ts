@@ -134,10 +134,11 @@ export class BareSystem {
         nextDue: ({ context }) => Math.min(2 ** 31 - 1, Math.max(0, (nextDueAt(context) ?? 0) - Date.now())),
       },
     })
-    // The build service, stubbed: every build passes at once, or stays in flight.
+    // The build service, stubbed: the step "persisted" (version + 1) and the build passed at once, or in flight.
     const builds = fromCallback<BuildServiceEvent>(({ receive }) => {
       receive((event) => {
-        if (event.type === 'build.start' && !holdBuilds) event.reply.send({ type: 'build.done', result: { outcome: 'passed' } })
+        if (event.type === 'build.start' && !holdBuilds)
+          event.reply.send({ type: 'build.done', result: { outcome: 'passed' }, version: event.context.version + 1 })
       })
     })
     const root = setup({

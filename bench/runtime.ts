@@ -28,8 +28,9 @@
  *    abort, over 100 queues of maxConcurrent 100, writer and event log drained, full GC,
  *    delta / 10 000); a stateless source control, so no commit graph is counted. Bare
  *    XState figures alongside for reference (the same shapes, stub actors), and the floor
- *    of one actor per request: a minimal XState child whose one state invokes a pending
- *    promise actor. Then the time `stop()` takes with the 10 000 requests in flight.
+ *    of one actor per request: minimal XState children (one state, no context) spawned 100
+ *    to a parent actor, as requests are to their queue. Then the time `stop()` takes with
+ *    the 10 000 requests in flight.
  *    The script runs compiled by `tsc` (`npm run bench:runtime` builds `.bench-build/`
  *    first), as the package ships: under tsx, esbuild's `keepNames` gives every named
  *    closure a `name` property, which made an idle queue ~40 % heavier.
@@ -56,7 +57,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
-import { createActor, enqueueActions, fromPromise, setup } from 'xstate'
+import { createActor, enqueueActions, setup, type AnyActorRef } from 'xstate'
 import { createFakeBuilder } from '../src/build/fake.js'
 import { createStovepipe, type QueueHandle, type Storage, type Stovepipe, type WriteOp } from '../src/index.js'
 import type { RequestContext } from '../src/machines/index.js'
@@ -322,30 +323,40 @@ async function heapOurs(dir: string): Promise<HeapResult> {
 }
 
 /**
- * 2, the floor of one actor per request (in a child process too): a minimal XState child in
- * one actor system, whose only state invokes a promise actor that never settles.
+ * 2, the floor of one actor per request (in a child process too): minimal XState children
+ * (one state, no context, nothing invoked), 100 to a parent actor, in one actor system.
  */
 async function heapMinimalChild(): Promise<number> {
-  const child = setup({ actors: { work: fromPromise(() => new Promise<never>(() => undefined)) } }).createMachine({
-    initial: 'working',
-    states: { working: { invoke: { src: 'work' } } },
+  const child = setup({}).createMachine({ initial: 'waiting', states: { waiting: {} } })
+  const parent = setup({ types: { events: {} as { type: 'spawn'; id: string } }, actors: { child } }).createMachine({
+    on: {
+      spawn: {
+        actions: enqueueActions(({ enqueue, event }) => {
+          enqueue.spawnChild('child', { id: event.id })
+        }),
+      },
+    },
   })
   const root = createActor(
-    setup({ types: { events: {} as { type: 'spawn'; id: string } }, actors: { child } }).createMachine({
+    setup({ types: { events: {} as { type: 'parent'; id: string } }, actors: { parent } }).createMachine({
       on: {
-        spawn: {
+        parent: {
           actions: enqueueActions(({ enqueue, event }) => {
-            enqueue.spawnChild('child', { id: event.id })
+            enqueue.spawnChild('parent', { id: event.id, systemId: event.id })
           }),
         },
       },
     }),
   ).start()
-  root.send({ type: 'spawn', id: 'warm' })
+  const parents = range(BARE_HELD / HELD_PER_QUEUE + 1).map((p) => {
+    root.send({ type: 'parent', id: `parent${p}` })
+    return root.system.get(`parent${p}`) as AnyActorRef
+  })
+  parents[0]?.send({ type: 'spawn', id: 'warm' })
   const before = await settledHeap()
-  for (let i = 0; i < BARE_HELD; i++) root.send({ type: 'spawn', id: `child${i}` })
+  for (const p of parents.slice(1)) for (let i = 0; i < HELD_PER_QUEUE; i++) p.send({ type: 'spawn', id: `child${i}` })
   const each = ((await settledHeap()) - before) / BARE_HELD
-  progress(`heap: minimal XState child with one invoked promise actor, ${each.toFixed(0)} B each`)
+  progress(`heap: minimal XState child, ${HELD_PER_QUEUE} to a parent, ${each.toFixed(0)} B each`)
   return each
 }
 
@@ -587,7 +598,7 @@ function reportHeap(heap: { ours: HeapResult; bare: HeapResult; minimalChild: nu
   console.log(
     `per request in flight (${held} in building)   ${pad(heap.ours.inFlight.toFixed(0), 10)} B  ${pad(heap.bare.inFlight.toFixed(0), 10)} B`,
   )
-  console.log(`floor: a minimal XState child invoking one promise actor     ${pad(heap.minimalChild.toFixed(0), 10)} B`)
+  console.log(`floor: a minimal XState child, ${HELD_PER_QUEUE} to a parent actor       ${pad(heap.minimalChild.toFixed(0), 10)} B`)
   if (heap.ours.stopMs !== undefined) console.log(`stop() with ${held} requests in flight: ${heap.ours.stopMs.toFixed(0)} ms`)
   targets.push({ name: 'heap per idle queue actor', value: heap.ours.idle, goal: 4096, atMost: true, unit: ' B' })
   targets.push({ name: 'heap per request in flight', value: heap.ours.inFlight, goal: 4096, atMost: true, unit: ' B' })

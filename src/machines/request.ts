@@ -9,11 +9,13 @@
  * Pure: every side effect is a provided actor (`persist`, `plan`, `record`) or delay
  * (`retry`), swapped in by the runtime (`machine.provide`) and by tests, or a message to
  * the build service: the actor with system id {@link BUILD_SERVICE} (one per actor system)
- * runs builds for every request, which asks for one with `build.start` when its build
- * step is persisted, hears `build.done` or `build.failed`, and sends `build.abort` when it
- * leaves the step (cancel, deadline). A shared service rather than an actor invoked per
+ * runs the build step of every request. A request entering `building` sends it
+ * `build.start`; the service persists the step, runs the builder and answers `build.done`
+ * or `build.failed` (with the row version it wrote); the request sends `build.abort` when
+ * it leaves the step (cancel, deadline). A shared service rather than an actor invoked per
  * request: a build can run for an hour, and an invoked actor per request in flight costs
- * about 2.5 KB of heap (an XState actor, its snapshot and its AbortController). The deadline
+ * about 2.5 KB of heap (an XState actor, its snapshot and its AbortController), and every
+ * actor that stops makes XState scan every timer of the system. The deadline
  * (`deadlineAt`, absolute) is kept by the queue, which sends `DEADLINE` when it passes: one
  * timer per queue instead of one per request.
  * Every durable step first persists its state (a CAS write the machine waits for), then
@@ -109,17 +111,17 @@ export type RequestEvent =
   | { type: 'CANCEL'; at: number }
   /** `deadlineAt` passed (sent by the queue): planning or building ends indeterminate. */
   | { type: 'DEADLINE'; at: number }
-  /** From the build service: the build ended (an `error` outcome comes as `build.failed`). */
-  | { type: 'build.done'; result: BuildResult }
-  /** From the build service: the build could not run or its infrastructure failed. */
-  | { type: 'build.failed'; error: unknown }
+  /** From the build service: the step is persisted at `version` and the build ended (an `error` outcome comes as `build.failed`). */
+  | { type: 'build.done'; result: BuildResult; version: number }
+  /** From the build service: the step could not be persisted (`version` null), or the build could not run or its infrastructure failed. */
+  | { type: 'build.failed'; error: unknown; version: number | null }
 
 /** System id of the build service (see the module comment). */
 export const BUILD_SERVICE = 'builds'
 
 /** Messages the build service takes. */
 export type BuildServiceEvent =
-  /** Run the build of `context` (persisted at `processing.building`); answer `reply`. */
+  /** Persist `context` at `processing.building` (CAS from its version), run its build, answer `reply`. */
   | { type: 'build.start'; context: RequestContext; reply: AnyActorRef }
   /** Stop the build of request `id`, if it runs; no answer. */
   | { type: 'build.abort'; id: string }
@@ -279,9 +281,13 @@ export const requestMachine = setup({
       ({ system }) => system.get(BUILD_SERVICE) as AnyActorRef,
       ({ context }): BuildServiceEvent => ({ type: 'build.abort', id: context.id }),
     ),
+    /** The build service persisted the build step before the build failed: keep the row version. */
+    buildStored: assign(({ event }) =>
+      event.type === 'build.failed' && event.version !== null ? { version: event.version, step: 'processing.building' as const } : {},
+    ),
     built: assign(({ event }) => {
       if (event.type !== 'build.done') return {}
-      const { result } = event
+      const { result, version } = event
       const build: BuildSummary = {
         outcome: result.outcome === 'passed' ? 'passed' : 'failed',
         projects: result.projects ?? null,
@@ -291,7 +297,7 @@ export const requestMachine = setup({
       const degree =
         projects.length > 0 ? projects.filter((p) => p === 'failed').length / projects.length : build.outcome === 'passed' ? 0 : 1
       const verdict = degree === 0 ? ('green' as const) : ('red' as const)
-      return { build, degree, verdict, attempt: 0 }
+      return { build, degree, verdict, version, step: 'processing.building' as const, attempt: 0 }
     }),
     recorded: assign(({ event }) => {
       const out = (event as unknown as { output: RecordOutput }).output
@@ -374,35 +380,24 @@ export const requestMachine = setup({
           ...step('processing.planning', 'plan', '#request.processing.building', 'planned'),
           on: { CANCEL: { target: '#request.cancelling', actions: 'cancelled' } },
         },
-        /** Persists the step, then has the build service run the build. */
+        /** The build service persists the step, then runs the build. */
         building: {
-          initial: 'persisting',
+          initial: 'running',
           entry: { type: 'entered', params: { step: 'processing.building' } },
           on: { CANCEL: { target: '#request.cancelling', actions: 'cancelled' } },
           states: {
-            persisting: {
-              invoke: {
-                src: 'persist',
-                input: ({ context }): PersistInput => ({ context, step: 'processing.building', state: 'processing' }),
-                onDone: { target: 'running', actions: 'stored' },
-                onError: [
-                  { guard: 'canRetry', target: 'waiting', actions: 'failedAttempt' },
-                  { target: '#request.concluding', actions: 'gaveUp' },
-                ],
-              },
-            },
             running: {
               entry: 'startBuild',
               exit: 'abortBuild',
               on: {
                 'build.done': { target: '#request.processing.recording', actions: 'built' },
                 'build.failed': [
-                  { guard: 'canRetry', target: 'waiting', actions: 'failedAttempt' },
-                  { target: '#request.concluding', actions: 'gaveUp' },
+                  { guard: 'canRetry', target: 'waiting', actions: ['buildStored', 'failedAttempt'] },
+                  { target: '#request.concluding', actions: ['buildStored', 'gaveUp'] },
                 ],
               },
             },
-            waiting: { after: { retry: 'persisting' } },
+            waiting: { after: { retry: 'running' } },
           },
         },
         /** Persists the build result, then writes the fact (unless one exists) and the verdict. */

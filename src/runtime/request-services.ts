@@ -284,12 +284,13 @@ export function requestServices(deps: RequestServiceDeps) {
 type BuildAnswer = Extract<RequestEvent, { type: 'build.done' | 'build.failed' }>
 
 /**
- * The build service (system id `BUILD_SERVICE`): runs the build each request asks for with
- * `build.start`, answers the request with `build.done` or `build.failed`, and aborts a build
- * on `build.abort` or when the service stops. A build whose request left meanwhile is not
+ * The build service (system id `BUILD_SERVICE`): for each `build.start`, persists the
+ * request at `processing.building` (acknowledged before the build starts), runs the build,
+ * and answers the request with `build.done` or `build.failed`; aborts a build on
+ * `build.abort` or when the service stops. A build whose request left meanwhile is not
  * answered. An `error` outcome (the build infrastructure failed) is a retryable failure.
  */
-export function buildService(deps: Pick<RequestServiceDeps, 'builder' | 'clock'>) {
+export function buildService(deps: RequestServiceDeps) {
   return fromCallback<BuildServiceEvent>(({ receive }) => {
     const running = new Map<string, AbortController>()
     const answer = (id: string, controller: AbortController, reply: AnyActorRef, event: BuildAnswer): void => {
@@ -302,7 +303,10 @@ export function buildService(deps: Pick<RequestServiceDeps, 'builder' | 'clock'>
       const controller = new AbortController()
       running.set(context.id, controller)
       void (async () => {
+        let version: number | null = null
         try {
+          version = await persistStep(deps, context, 'processing.building', 'processing')
+          if (controller.signal.aborted) return
           const result = await deps.builder.run({
             queue: context.queue,
             requestId: context.id,
@@ -317,10 +321,10 @@ export function buildService(deps: Pick<RequestServiceDeps, 'builder' | 'clock'>
             const tail = result.log === undefined ? '' : `: ${result.log.slice(-500)}`
             throw new UnavailableError(`build infrastructure failed for ${context.uri}${tail}`)
           }
-          answer(context.id, controller, reply, { type: 'build.done', result })
+          answer(context.id, controller, reply, { type: 'build.done', result, version })
         } catch (error) {
           if (controller.signal.aborted) return
-          answer(context.id, controller, reply, { type: 'build.failed', error })
+          answer(context.id, controller, reply, { type: 'build.failed', error, version })
         }
       })()
     }

@@ -37,7 +37,7 @@ import { FINAL_REQUEST_STATES, type QueueRecord, type RequestRecord, type Reques
 import { assertQueueName, parseRequestId } from '../storage/validation.js'
 import { normalizeQueueConfig, type QueueConfigInput } from './config.js'
 import { QueueHost, type QueueHandle, type QueueHostDeps } from './queue-host.js'
-import { buildService, outboxOutcome, requestRecord, requestServices, verdictPayload } from './request-services.js'
+import { buildService, outboxOutcome, requestRecord, requestServices, verdictPayload, type RequestServiceDeps } from './request-services.js'
 import { describeRequest, type RequestView } from './views.js'
 
 /** Options of {@link createStovepipe}. */
@@ -254,7 +254,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
   /** Set when an actor the runtime cannot do without failed: what waiters are rejected with. */
   let fatal: StoppedError | undefined
 
-  const services = requestServices({
+  const serviceDeps: RequestServiceDeps = {
     storage,
     writer,
     builder,
@@ -270,7 +270,8 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     committed: (record) => {
       hosts.get(record.queue)?.committed(record)
     },
-  })
+  }
+  const services = requestServices(serviceDeps)
   const request = requestMachine.provide({
     actors: services,
     actions: {
@@ -376,7 +377,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       hooks: fromCallback(() => () => {
         dispatcher?.halt()
       }),
-      builds: buildService({ builder, clock }),
+      builds: buildService(serviceDeps),
     },
   }).createMachine({
     id: 'stovepipe',

@@ -12,6 +12,7 @@ import {
   type BuildServiceEvent,
   type PersistInput,
   type RequestContext,
+  type RequestEvent,
   type StepInput,
 } from '../../src/machines/request.js'
 import { settle } from '../support/drive.js'
@@ -49,21 +50,29 @@ function stubbedRequest(overrides: Record<string, AnyActorLogic> = {}) {
   return { machine, persisted }
 }
 
-/** A build service whose builds pass at once, noting what it is told into `told`. */
-function passingBuilds(told: string[] = []) {
+/**
+ * A build service that "persists" the build step (noted into `persisted`, version + 1) and
+ * answers with `answer` (default: the build passed); `answer` returning undefined holds
+ * the build. Every message it gets is noted into `told`.
+ */
+function stubBuilds(
+  persisted: string[],
+  told: string[] = [],
+  answer: (version: number) => RequestEvent | undefined = (version) => ({ type: 'build.done', result: { outcome: 'passed' }, version }),
+) {
   return fromCallback<BuildServiceEvent>(({ receive }) => {
     receive((event) => {
       told.push(event.type)
-      if (event.type === 'build.start') event.reply.send({ type: 'build.done', result: { outcome: 'passed' } })
+      if (event.type !== 'build.start') return
+      persisted.push('processing.building')
+      const reply = answer(event.context.version + 1)
+      if (reply !== undefined) event.reply.send(reply)
     })
   })
 }
 
-/**
- * Runs a request machine under a parent (it reports to its parent when it ends), next to a
- * build service (`builds`, default: every build passes at once).
- */
-function underParent(machine: AnyActorLogic, childInput: unknown, clock: SimulatedClock, builds: AnyActorLogic = passingBuilds()) {
+/** Runs a request machine under a parent (it reports to its parent when it ends), next to a build service. */
+function underParent(machine: AnyActorLogic, childInput: unknown, clock: SimulatedClock, builds: AnyActorLogic) {
   const reports: unknown[] = []
   const parent = setup({ actors: { child: machine, builds } }).createMachine({
     invoke: [
@@ -96,7 +105,7 @@ describe('request machine', () => {
   it('persists each step before working in it and ends recorded green', async () => {
     const { machine, persisted } = stubbedRequest()
     const clock = new SimulatedClock()
-    const { child: actor, reports } = underParent(machine, input, clock)
+    const { child: actor, reports } = underParent(machine, input, clock, stubBuilds(persisted))
     expect(actor.getSnapshot().value).toBe('accepted')
     actor.send(start)
     await settle()
@@ -109,14 +118,11 @@ describe('request machine', () => {
 
   it('retries a transient failure after the backoff delay on the clock, then gives up indeterminate', async () => {
     let builds = 0
-    const failing = fromCallback<BuildServiceEvent>(({ receive }) => {
-      receive((event) => {
-        if (event.type !== 'build.start') return
-        builds++
-        event.reply.send({ type: 'build.failed', error: Object.assign(new Error('runner offline'), { retryable: true }) })
-      })
-    })
     const { machine, persisted } = stubbedRequest()
+    const failing = stubBuilds(persisted, [], (version) => {
+      builds++
+      return { type: 'build.failed', error: Object.assign(new Error('runner offline'), { retryable: true }), version }
+    })
     const clock = new SimulatedClock()
     const { child: actor } = underParent(machine, input, clock, failing)
     actor.send(start)
@@ -131,23 +137,20 @@ describe('request machine', () => {
     clock.increment(2000) // second retry after 2000 ms
     await settle()
     expect(builds).toBe(3)
-    // Each attempt persists the step again before building.
-    expect(persisted.filter((step) => step === 'processing.building')).toHaveLength(3)
     expect(actor.getSnapshot().value).toBe('recorded')
     expect(actor.getSnapshot().context).toMatchObject({
       verdict: 'indeterminate',
       reason: expect.stringContaining('gave up after 3 attempt(s)') as string,
     })
+    // Each attempt had the step persisted again (versions 2, 3, 4), and the verdict was recorded on top.
+    expect(persisted.filter((step) => step === 'processing.building')).toHaveLength(3)
+    expect(actor.getSnapshot().context.version).toBe(5)
   })
 
-  it('asks the build service for its build once the step is persisted, and tells it to abort when cancelled', async () => {
+  it('has the build service persist the step and build, and tells it to abort when cancelled', async () => {
     const told: string[] = []
-    const held = fromCallback<BuildServiceEvent>(({ receive }) => {
-      receive((event) => {
-        told.push(event.type) // never answers: the build stays in flight
-      })
-    })
     const { machine, persisted } = stubbedRequest()
+    const held = stubBuilds(persisted, told, () => undefined)
     const { child: actor, reports } = underParent(machine, input, new SimulatedClock(), held)
     actor.send(start)
     await settle()
@@ -174,7 +177,7 @@ describe('request machine', () => {
       startedAt: 0,
       deadlineAt: 60_000,
     }
-    const { child: actor } = underParent(machine, { kind: 'resume', context }, new SimulatedClock())
+    const { child: actor } = underParent(machine, { kind: 'resume', context }, new SimulatedClock(), stubBuilds([]))
     await settle()
     expect(plans).toBe(0)
     expect(actor.getSnapshot().value).toBe('recorded')
