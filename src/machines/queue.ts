@@ -196,12 +196,12 @@ export const queueMachine = setup({
       const requests: Record<string, InFlight> = { ...context.requests, [id]: { n, uri, state: 'accepted' } }
       // Coalescing: of the requests that have not started, only the newest (highest number)
       // stays; normally that is this one, but a newer one accepted first supersedes it.
-      let newest = id
+      let [newest, newestN] = [id, n]
       for (const [other, inFlight] of Object.entries(requests))
-        if (inFlight.state === 'accepted' && inFlight.n > (requests[newest] as InFlight).n) newest = other
+        if (inFlight.state === 'accepted' && inFlight.n > newestN) [newest, newestN] = [other, inFlight.n]
       let superseded = 0
       for (const [other, inFlight] of Object.entries(requests)) {
-        if (other !== newest && inFlight.state === 'accepted' && inFlight.n < (requests[newest] as InFlight).n) {
+        if (other !== newest && inFlight.state === 'accepted' && inFlight.n < newestN) {
           requests[other] = { ...inFlight, state: 'superseding' }
           enqueue.sendTo(other, { type: 'SUPERSEDE', by: newest, at })
           superseded++

@@ -27,6 +27,7 @@
  */
 import {
   assign,
+  enqueueActions,
   fromPromise,
   not,
   sendParent,
@@ -276,11 +277,14 @@ export const requestMachine = setup({
       ({ system }) => system.get(BUILD_SERVICE) as AnyActorRef,
       ({ context, self }): BuildServiceEvent => ({ type: 'build.start', context, reply: self }),
     ),
-    /** Tells the build service to stop this request's build (a no-op once it ended). */
-    abortBuild: sendTo(
-      ({ system }) => system.get(BUILD_SERVICE) as AnyActorRef,
-      ({ context }): BuildServiceEvent => ({ type: 'build.abort', id: context.id }),
-    ),
+    /**
+     * Tells the build service to stop this request's build, unless the build's own answer
+     * is what ends the step (the service has already let it go).
+     */
+    abortBuild: enqueueActions(({ enqueue, context, event, system }) => {
+      if (event.type === 'build.done' || event.type === 'build.failed') return
+      enqueue.sendTo(system.get(BUILD_SERVICE) as AnyActorRef, { type: 'build.abort', id: context.id } satisfies BuildServiceEvent)
+    }),
     /** The build service persisted the build step before the build failed: keep the row version. */
     buildStored: assign(({ event }) =>
       event.type === 'build.failed' && event.version !== null ? { version: event.version, step: 'processing.building' as const } : {},

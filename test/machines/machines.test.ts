@@ -105,7 +105,8 @@ describe('request machine', () => {
   it('persists each step before working in it and ends recorded green', async () => {
     const { machine, persisted } = stubbedRequest()
     const clock = new SimulatedClock()
-    const { child: actor, reports } = underParent(machine, input, clock, stubBuilds(persisted))
+    const told: string[] = []
+    const { child: actor, reports } = underParent(machine, input, clock, stubBuilds(persisted, told))
     expect(actor.getSnapshot().value).toBe('accepted')
     actor.send(start)
     await settle()
@@ -113,6 +114,8 @@ describe('request machine', () => {
     expect(reports).toContainEqual({ type: 'request.recorded', id: 'request/main/1', n: 1, uri: 'fake://a1', verdict: 'green', at: 1 })
     expect(actor.getSnapshot().value).toBe('recorded')
     expect(persisted).toEqual(['processing.planning', 'processing.building', 'processing.recording'])
+    // The build's own answer ended the step: nothing to abort.
+    expect(told).toEqual(['build.start'])
     expect(actor.getSnapshot().context).toMatchObject({ verdict: 'green', degree: 0, strategy: 'full', version: 3 })
   })
 
