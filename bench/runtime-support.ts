@@ -1,25 +1,24 @@
 /**
  * Helpers of `bench/runtime.ts`: the bare XState baseline (the same machines with stub
- * actors, no persistence), a builder that holds every build until the runtime stops, a
+ * services, no persistence), a builder that holds every build until the runtime stops, a
  * stateless source control, request rows in the shape the runtime writes, and heap probes.
  */
-import { createActor, enqueueActions, fromCallback, fromPromise, setup, type AnyActorRef } from 'xstate'
+import { createActor, enqueueActions, fromCallback, setup, type AnyActorRef } from 'xstate'
 import {
   BUILD_SERVICE,
+  STEP_SERVICE,
   type BuildServiceEvent,
   newQueueContext,
   newRequestContext,
   nextDueAt,
   queueMachine,
   requestMachine,
-  type PersistInput,
-  type PersistOutput,
-  type PlanOutput,
   type QueueConfig,
   type QueueContext,
-  type RecordOutput,
   type RequestContext,
-  type RequestStep,
+  type RequestEvent,
+  type StepInput,
+  type StepServiceEvent,
 } from '../src/machines/index.js'
 import {
   DEFAULT_QUEUE_CONFIG,
@@ -29,12 +28,6 @@ import {
   type SourceControl,
   type SourceControlProvider,
 } from '../src/index.js'
-
-/** What the step actors get (`StepInput` of the request machine, which it does not export). */
-interface StubStepInput {
-  context: RequestContext
-  step: RequestStep | 'concluding'
-}
 
 /** Milliseconds since `start` (a `performance.now()` reading). */
 export const since = (start: number): number => performance.now() - start
@@ -63,40 +56,17 @@ export interface StubOptions {
 }
 
 /**
- * The request machine with immediately resolving stub actors that return what the
- * runtime's would (each step bumps the version), and the runtime's deadline delay.
+ * The request machine with the runtime's deadline delay and an `entered` action that
+ * calls `onStep`; standalone, it asks no service for anything (each step stays in flight).
  */
 export function stubRequestMachine(options: StubOptions = {}) {
   const { onStep, standalone = false } = options
-  const next = (input: StubStepInput): number => (input.step === 'concluding' ? input.context.version : input.context.version + 1)
   return requestMachine.provide({
-    actors: {
-      persist: fromPromise<PersistOutput, PersistInput>(({ input }) =>
-        Promise.resolve({ version: input.context.version + 1, step: input.step }),
-      ),
-      plan: fromPromise<PlanOutput, StubStepInput>(({ input }) =>
-        Promise.resolve(
-          input.context.lastGreen === null
-            ? { strategy: 'full' as const, baseline: null, fallback: 'no last green yet', version: next(input) }
-            : { strategy: 'incremental' as const, baseline: input.context.lastGreen.uri, fallback: null, version: next(input) },
-        ),
-      ),
-      record: fromPromise<RecordOutput, StubStepInput>(({ input }) =>
-        Promise.resolve({
-          verdict: input.context.verdict ?? 'indeterminate',
-          degree: input.context.degree,
-          factWritten: input.context.verdict !== 'indeterminate',
-          reason: input.context.reason,
-          version: next(input) + 1,
-          at: Date.now(),
-        }),
-      ),
-    },
     actions: {
       entered: ({ context }, params: { step: string }) => {
         onStep?.(context, params.step)
       },
-      ...(standalone ? { startBuild: () => undefined, abortBuild: () => undefined } : {}),
+      ...(standalone ? { runStep: () => undefined, startBuild: () => undefined, abortBuild: () => undefined } : {}),
     },
     delays: {
       retry: () => 1000,
@@ -105,9 +75,47 @@ export function stubRequestMachine(options: StubOptions = {}) {
 }
 
 /**
+ * The step service, stubbed: answers at once what the runtime's would (each step "persisted",
+ * version + 1; the plan full or incremental; the verdict as the build left it).
+ */
+export const stubSteps = fromCallback<StepServiceEvent>(({ receive }) => {
+  const next = (input: StepInput): number => (input.step === 'concluding' ? input.context.version : input.context.version + 1)
+  receive((event) => {
+    let answer: RequestEvent
+    if (event.work === 'persist') {
+      answer = { type: 'persist.done', output: { version: event.input.context.version + 1, step: event.input.step } }
+    } else if (event.work === 'plan') {
+      const { context } = event.input
+      const version = next(event.input)
+      answer = {
+        type: 'plan.done',
+        output:
+          context.lastGreen === null
+            ? { strategy: 'full', baseline: null, fallback: 'no last green yet', version }
+            : { strategy: 'incremental', baseline: context.lastGreen.uri, fallback: null, version },
+      }
+    } else {
+      const { context } = event.input
+      answer = {
+        type: 'record.done',
+        output: {
+          verdict: context.verdict ?? 'indeterminate',
+          degree: context.degree,
+          factWritten: context.verdict !== 'indeterminate',
+          reason: context.reason,
+          version: next(event.input) + 1,
+          at: Date.now(),
+        },
+      }
+    }
+    event.reply.send(answer)
+  })
+})
+
+/**
  * The bare baseline: one actor system shaped like the runtime's (a root spawning one queue
  * actor per queue, request actors as their children), the real queue and request machines
- * with stub actors, no storage, no writer, no event log.
+ * with stub step and build services answering at once, no storage, no writer, no event log.
  */
 export class BareSystem {
   private readonly waiters = new Map<string, () => void>()
@@ -143,10 +151,13 @@ export class BareSystem {
     })
     const root = setup({
       types: { events: {} as { type: 'queue.open'; name: string; context: QueueContext } },
-      actors: { queue, builds },
+      actors: { queue, builds, steps: stubSteps },
     }).createMachine({
       id: 'bare',
-      invoke: { src: 'builds', id: 'builds', systemId: BUILD_SERVICE },
+      invoke: [
+        { src: 'builds', id: 'builds', systemId: BUILD_SERVICE },
+        { src: 'steps', id: 'steps', systemId: STEP_SERVICE },
+      ],
       on: {
         'queue.open': {
           actions: enqueueActions(({ enqueue, event }) => {

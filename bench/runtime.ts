@@ -16,8 +16,8 @@
  *    file, in alternating order over BENCH_RUNTIME_ROUNDS rounds, median.
  *    Baselines:
  *    (a) bare XState: the same queue and request machines in an actor system of the same
- *        shape (root → queue actors → request children), stub actors resolving at once with
- *        the outputs ours would give, no storage, writer or event log;
+ *        shape (root → queue actors → request children), stub step and build services
+ *        answering at once with the outputs ours would give, no storage, writer or event log;
  *    (b) a naive runtime: ours with `writer: { maxBatch: 1, lingerMs: 0 }`, so every op
  *        (counter, claim, row, each step, fact, queue snapshot, each event-log row) is its
  *        own `storage.commit`, i.e. its own SQLite transaction, committed as soon as the
@@ -27,7 +27,7 @@
  *    request in flight (10 000 requests held in `building` by a builder that only ends on
  *    abort, over 100 queues of maxConcurrent 100, writer and event log drained, full GC,
  *    delta / 10 000); a stateless source control, so no commit graph is counted. Bare
- *    XState figures alongside for reference (the same shapes, stub actors), and the floor
+ *    XState figures alongside for reference (the same shapes, stub services), and the floor
  *    of one actor per request: minimal XState children (one state, no context) spawned 100
  *    to a parent actor, as requests are to their queue. Then the time `stop()` takes with
  *    the 10 000 requests in flight.
@@ -42,7 +42,7 @@
  *    `building` (the target), and further until every resumed request has re-persisted its
  *    step and restarted its build; against raw better-sqlite3 reading the same rows
  *    (`SELECT * … WHERE state NOT IN (final)`, `JSON.parse(data)`) and starting as many
- *    bare request actors (stub actors, builds held) from `{ kind: 'resume', context }`.
+ *    bare request actors (no services: builds held) from `{ kind: 'resume', context }`.
  *
  * Parts 2 and 3 run in child processes of this script (`--child <name>`), so that each
  * heap and each restart starts from a fresh process.

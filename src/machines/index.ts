@@ -4,7 +4,7 @@
  */
 export { newQueueContext, nextDueAt, queueMachine } from './queue.js'
 export type { InFlight, QueueActor, QueueConfig, QueueContext, QueueEvent, QueueInput, QueueLastGreen, QueueSnapshot } from './queue.js'
-export { BUILD_SERVICE, newRequestContext, requestMachine, stateOfStep } from './request.js'
+export { BUILD_SERVICE, STEP_SERVICE, newRequestContext, requestMachine, stateOfStep } from './request.js'
 export type {
   BuildServiceEvent,
   BuildSummary,
@@ -19,5 +19,8 @@ export type {
   RequestReport,
   RequestSnapshot,
   RequestStep,
+  StepInput,
+  StepServiceEvent,
+  StepWork,
   Verdict,
 } from './request.js'

@@ -6,18 +6,24 @@
  *    ├──SUPERSEDE──▶ superseded          (planning or building) ──CANCEL / DEADLINE──▶ cancelled / recorded (indeterminate)
  * ```
  *
- * Pure: every side effect is a provided actor (`persist`, `plan`, `record`) or delay
- * (`retry`), swapped in by the runtime (`machine.provide`) and by tests, or a message to
- * the build service: the actor with system id {@link BUILD_SERVICE} (one per actor system)
- * runs the build step of every request. A request entering `building` sends it
- * `build.start`; the service persists the step, runs the builder and answers `build.done`
- * or `build.failed` (with the row version it wrote); the request sends `build.abort` when
- * it leaves the step (cancel, deadline). A shared service rather than an actor invoked per
- * request: a build can run for an hour, and an invoked actor per request in flight costs
- * about 2.5 KB of heap (an XState actor, its snapshot and its AbortController), and every
- * actor that stops makes XState scan every timer of the system. The deadline
- * (`deadlineAt`, absolute) is kept by the queue, which sends `DEADLINE` when it passes: one
- * timer per queue instead of one per request.
+ * Pure: every side effect is a message to one of two service actors of the actor system,
+ * or a provided action (`entered`) or delay (`retry`), swapped in by the runtime
+ * (`machine.provide`) and by tests:
+ *
+ * - the step service (system id {@link STEP_SERVICE}) does the work of planning,
+ *   recording and the final writes: the request sends `step.run` and hears `<work>.done`
+ *   or `<work>.failed`;
+ * - the build service (system id {@link BUILD_SERVICE}) runs builds: a request entering
+ *   `building` sends `build.start`; the service persists the step, runs the builder and
+ *   answers `build.done` or `build.failed` (with the row version it wrote); the request
+ *   sends `build.abort` when it leaves the step (cancel, deadline).
+ *
+ * Shared services rather than an actor invoked per step: an invoked actor costs about 2 KB
+ * of heap and a few microseconds to create (a build can run for an hour, and its actor
+ * would live as long), and every actor that stops makes XState scan every timer of the
+ * system. So a request actor has no children. The deadline (`deadlineAt`, absolute) is
+ * kept by the queue, which sends `DEADLINE` when it passes: one timer per queue instead of
+ * one per request.
  * Every durable step first persists its state (a CAS write the machine waits for), then
  * works; so a restarted runtime resumes a request at its last persisted step. Transient
  * failures retry with backoff (`retry` delay) up to `maxAttempts`; then, or when the
@@ -28,7 +34,6 @@
 import {
   assign,
   enqueueActions,
-  fromPromise,
   not,
   sendParent,
   sendTo,
@@ -116,6 +121,14 @@ export type RequestEvent =
   | { type: 'build.done'; result: BuildResult; version: number }
   /** From the build service: the step could not be persisted (`version` null), or the build could not run or its infrastructure failed. */
   | { type: 'build.failed'; error: unknown; version: number | null }
+  /** From the step service: the planning step is persisted and planned. */
+  | { type: 'plan.done'; output: PlanOutput }
+  /** From the step service: the recording step is persisted and the verdict recorded. */
+  | { type: 'record.done'; output: RecordOutput }
+  /** From the step service: the final state (superseded or cancelled) is persisted. */
+  | { type: 'persist.done'; output: PersistOutput }
+  /** From the step service: the work failed (`error`: retryable or not). */
+  | { type: 'plan.failed' | 'record.failed' | 'persist.failed'; error: unknown }
 
 /** System id of the build service (see the module comment). */
 export const BUILD_SERVICE = 'builds'
@@ -126,6 +139,24 @@ export type BuildServiceEvent =
   | { type: 'build.start'; context: RequestContext; reply: AnyActorRef }
   /** Stop the build of request `id`, if it runs; no answer. */
   | { type: 'build.abort'; id: string }
+
+/** System id of the step service (see the module comment). */
+export const STEP_SERVICE = 'steps'
+
+/** The work the step service does for a request. */
+export type StepWork =
+  /** Persist `input.step`, then plan the build (strategy and baseline). */
+  | { work: 'plan'; input: StepInput }
+  /** Persist `input.step` (unless `concluding`), then write the fact (unless one exists) and the verdict. */
+  | { work: 'record'; input: StepInput }
+  /** Persist `input.step` (a final state other than recorded). */
+  | { work: 'persist'; input: PersistInput }
+
+/**
+ * Messages the step service takes: do `work` for the request `reply`, then answer it with
+ * `<work>.done` (with the work's output) or `<work>.failed` (with the error).
+ */
+export type StepServiceEvent = StepWork & { type: 'step.run'; reply: AnyActorRef }
 
 /** What a request tells its queue when it ends. */
 export type RequestReport =
@@ -162,7 +193,7 @@ export function newRequestContext(input: Omit<Extract<RequestInput, { kind: 'new
   }
 }
 
-/** Input of the `persist` actor: write the context as `step` (CAS from `context.version`). */
+/** Input of the `persist` work: write the context as `step` (CAS from `context.version`). */
 export interface PersistInput {
   context: RequestContext
   step: RequestStep
@@ -173,7 +204,7 @@ export interface PersistOutput {
   version: number
   step: RequestStep
 }
-/** Input of the step actors (`plan`, `record`): persist `step`, then do the work. */
+/** Input of the `plan` and `record` work: persist `step`, then do the work. */
 export interface StepInput {
   context: RequestContext
   /** The step to persist first (`concluding` records without persisting a step of its own). */
@@ -196,9 +227,6 @@ export interface RecordOutput {
   at: number
 }
 
-const notProvided = (name: string) =>
-  fromPromise<never, unknown>(() => Promise.reject(new Error(`the ${name} actor was not provided to the request machine`)))
-
 /** A failure the runtime may retry (storage or infrastructure unavailable). */
 function isRetryable(error: unknown): boolean {
   return typeof error === 'object' && error !== null && 'retryable' in error && error.retryable === true
@@ -213,30 +241,19 @@ export function stateOfStep(step: RequestStep): RequestState {
   return step.startsWith('processing.') ? 'processing' : (step as RequestState)
 }
 
-/**
- * A step state. Its actor first persists the step (a CAS write the machine waits for),
- * then works; transient failures retry the whole step after a backoff.
- */
-function step(name: RequestStep, work: 'plan' | 'record', next: string, done: 'planned' | 'recorded') {
-  return {
-    initial: 'running' as const,
-    entry: { type: 'entered' as const, params: { step: name } },
-    states: {
-      running: {
-        invoke: {
-          src: work,
-          input: ({ context }: { context: RequestContext }): StepInput => ({ context, step: name }),
-          onDone: { target: next, actions: done },
-          onError: [
-            { guard: 'canRetry' as const, target: 'waiting', actions: 'failedAttempt' as const },
-            { target: '#request.concluding', actions: 'gaveUp' as const },
-          ],
-        },
-      },
-      waiting: { after: { retry: 'running' } },
-    },
-  }
-}
+/** What a failed step does: retries after a backoff while it may, else records indeterminate. */
+const retryOrConclude = [
+  { guard: 'canRetry' as const, target: 'waiting', actions: 'failedAttempt' as const },
+  { target: '#request.concluding', actions: 'gaveUp' as const },
+]
+/** What a failed final write does: retries while storage is unavailable, else escalates to the queue. */
+const retryOrEscalate = [
+  { guard: 'retryable' as const, target: 'waiting', actions: 'failedAttempt' as const },
+  { actions: 'escalate' as const },
+]
+
+/** Parameters of `runStep`: the work asked of the step service, and the step it persists. */
+type RunStep = { work: 'plan' | 'record'; step: RequestStep | 'concluding' } | { work: 'persist'; step: 'superseded' | 'cancelled' }
 
 /** The request machine. */
 export const requestMachine = setup({
@@ -245,17 +262,13 @@ export const requestMachine = setup({
     events: {} as RequestEvent,
     input: {} as RequestInput,
   },
-  actors: {
-    persist: notProvided('persist') as unknown as ReturnType<typeof fromPromise<PersistOutput, PersistInput>>,
-    plan: notProvided('plan') as unknown as ReturnType<typeof fromPromise<PlanOutput, StepInput>>,
-    record: notProvided('record') as unknown as ReturnType<typeof fromPromise<RecordOutput, StepInput>>,
-  },
   delays: {
     /** Backoff before the next attempt of a step (the runtime provides jitter and its clock). */
     retry: ({ context }) => Math.min(30_000, 1000 * 2 ** Math.max(0, context.attempt - 1)),
   },
   guards: {
     canRetry: ({ context, event }) => isRetryable((event as { error?: unknown }).error) && context.attempt + 1 < context.maxAttempts,
+    retryable: ({ event }) => isRetryable((event as { error?: unknown }).error),
   },
   actions: {
     /** The request entered a step: the runtime logs the transition and wakes waiters. */
@@ -264,14 +277,19 @@ export const requestMachine = setup({
       if (event.type !== 'START') return {}
       return { startedAt: event.at, deadlineAt: event.deadlineAt, lastGreen: event.lastGreen, projects: event.projects, attempt: 0 }
     }),
-    stored: assign(({ event }) => {
-      const { version, step } = (event as unknown as { output: PersistOutput }).output
-      return { version, step }
-    }),
     planned: assign(({ event }) => {
-      const { strategy, baseline, fallback, version } = (event as unknown as { output: PlanOutput }).output
+      if (event.type !== 'plan.done') return {}
+      const { strategy, baseline, fallback, version } = event.output
       return { strategy, baseline, fallback, version, step: 'processing.planning' as const, attempt: 0 }
     }),
+    /** Asks the step service to do a step's work (it answers `<work>.done` or `<work>.failed`). */
+    runStep: sendTo(
+      ({ system }) => system.get(STEP_SERVICE) as AnyActorRef,
+      ({ context, self }, params: RunStep): StepServiceEvent =>
+        params.work === 'persist'
+          ? { type: 'step.run', work: 'persist', input: { context, step: params.step, state: params.step }, reply: self }
+          : { type: 'step.run', work: params.work, input: { context, step: params.step }, reply: self },
+    ),
     /** Asks the build service to run this request's build. */
     startBuild: sendTo(
       ({ system }) => system.get(BUILD_SERVICE) as AnyActorRef,
@@ -304,7 +322,8 @@ export const requestMachine = setup({
       return { build, degree, verdict, version, step: 'processing.building' as const, attempt: 0 }
     }),
     recorded: assign(({ event }) => {
-      const out = (event as unknown as { output: RecordOutput }).output
+      if (event.type !== 'record.done') return {}
+      const out = event.output
       return {
         verdict: out.verdict,
         degree: out.degree,
@@ -326,7 +345,8 @@ export const requestMachine = setup({
     superseded: assign(({ event }) => (event.type === 'SUPERSEDE' ? { supersededBy: event.by, endedAt: event.at } : {})),
     cancelled: assign(({ event }) => (event.type === 'CANCEL' ? { endedAt: event.at, reason: 'cancelled' } : {})),
     ended: assign(({ event }) => {
-      const { version, step } = (event as unknown as { output: PersistOutput }).output
+      if (event.type !== 'persist.done') return {}
+      const { version, step } = event.output
       return { version, step }
     }),
     reportRecorded: sendParent(({ context }): RequestReport => ({
@@ -380,9 +400,18 @@ export const requestMachine = setup({
         DEADLINE: { guard: not(stateIn('#request.processing.recording')), target: '#request.concluding', actions: 'deadlinePassed' },
       },
       states: {
+        /** Persists the step, then plans: full, or incremental since last green. */
         planning: {
-          ...step('processing.planning', 'plan', '#request.processing.building', 'planned'),
+          initial: 'running',
+          entry: { type: 'entered', params: { step: 'processing.planning' } },
           on: { CANCEL: { target: '#request.cancelling', actions: 'cancelled' } },
+          states: {
+            running: {
+              entry: { type: 'runStep', params: { work: 'plan', step: 'processing.planning' } },
+              on: { 'plan.done': { target: '#request.processing.building', actions: 'planned' }, 'plan.failed': retryOrConclude },
+            },
+            waiting: { after: { retry: 'running' } },
+          },
         },
         /** The build service persists the step, then runs the build. */
         building: {
@@ -405,7 +434,17 @@ export const requestMachine = setup({
           },
         },
         /** Persists the build result, then writes the fact (unless one exists) and the verdict. */
-        recording: step('processing.recording', 'record', '#request.recorded', 'recorded'),
+        recording: {
+          initial: 'running',
+          entry: { type: 'entered', params: { step: 'processing.recording' } },
+          states: {
+            running: {
+              entry: { type: 'runStep', params: { work: 'record', step: 'processing.recording' } },
+              on: { 'record.done': { target: '#request.recorded', actions: 'recorded' }, 'record.failed': retryOrConclude },
+            },
+            waiting: { after: { retry: 'running' } },
+          },
+        },
       },
     },
     /** Records an indeterminate verdict (no fact). Retries while storage is unavailable. */
@@ -414,15 +453,8 @@ export const requestMachine = setup({
       initial: 'running',
       states: {
         running: {
-          invoke: {
-            src: 'record',
-            input: ({ context }): StepInput => ({ context, step: 'concluding' }),
-            onDone: { target: '#request.recorded', actions: 'recorded' },
-            onError: [
-              { guard: ({ event }) => isRetryable(event.error), target: 'waiting', actions: 'failedAttempt' },
-              { actions: 'escalate' },
-            ],
-          },
+          entry: { type: 'runStep', params: { work: 'record', step: 'concluding' } },
+          on: { 'record.done': { target: '#request.recorded', actions: 'recorded' }, 'record.failed': retryOrEscalate },
         },
         waiting: { after: { retry: 'running' } },
       },
@@ -453,18 +485,10 @@ function terminal(final: 'superseded' | 'cancelled') {
     initial: 'running' as const,
     states: {
       running: {
-        invoke: {
-          src: 'persist' as const,
-          input: ({ context }: { context: RequestContext }): PersistInput => ({ context, step: final, state: final }),
-          onDone: { target: `#request.${final}`, actions: 'ended' as const },
-          onError: [
-            {
-              guard: ({ event }: { event: { error: unknown } }) => isRetryable(event.error),
-              target: 'waiting',
-              actions: 'failedAttempt' as const,
-            },
-            { actions: 'escalate' as const },
-          ],
+        entry: { type: 'runStep' as const, params: { work: 'persist' as const, step: final } },
+        on: {
+          'persist.done': { target: `#request.${final}`, actions: 'ended' as const },
+          'persist.failed': retryOrEscalate,
         },
       },
       waiting: { after: { retry: 'running' } },

@@ -9,7 +9,7 @@
  * @module
  */
 import type { Logger } from 'pino'
-import { fromCallback, fromPromise, type AnyActorRef } from 'xstate'
+import { fromCallback, type AnyActorRef } from 'xstate'
 import type { Clock } from '../actors/clock.js'
 import type { WriterResult, Writer } from '../actors/writer.js'
 import type { BuildRunner } from '../build/types.js'
@@ -18,6 +18,7 @@ import type { VerdictPayload } from '../hooks/types.js'
 import {
   stateOfStep,
   type BuildServiceEvent,
+  type StepServiceEvent,
   type PersistInput,
   type PersistOutput,
   type PlanOutput,
@@ -169,12 +170,12 @@ async function existingFact(storage: Storage, queue: string, uri: string): Promi
   }
 }
 
-/** The promise actors the request machine needs. */
-export function requestServices(deps: RequestServiceDeps) {
-  const persist = fromPromise<PersistOutput, PersistInput>(async ({ input }) => {
+/** The work of the step service (see {@link stepService}), one async function per kind. */
+export function stepWork(deps: RequestServiceDeps) {
+  const persist = async (input: PersistInput): Promise<PersistOutput> => {
     const version = await persistStep(deps, input.context, input.step, input.state)
     return { version, step: input.step }
-  })
+  }
 
   /** Persists the step the actor works in (CAS), returning the request with its new version. */
   const enter = async ({ context, step }: StepInput): Promise<RequestContext> => {
@@ -183,7 +184,7 @@ export function requestServices(deps: RequestServiceDeps) {
     return { ...context, version, step }
   }
 
-  const plan = fromPromise<PlanOutput, StepInput>(async ({ input }) => {
+  const plan = async (input: StepInput): Promise<PlanOutput> => {
     const context = await enter(input)
     const { version, lastGreen } = context
     if (lastGreen === null) return { strategy: 'full', baseline: null, fallback: 'no last green yet', version }
@@ -204,9 +205,9 @@ export function requestServices(deps: RequestServiceDeps) {
       deps.logger.warn({ requestId: context.id, lastGreen: lastGreen.uri }, 'planning falls back to a full build')
       return { strategy: 'full', baseline: null, fallback: reason, version }
     }
-  })
+  }
 
-  const record = fromPromise<RecordOutput, StepInput>(async ({ input }) => {
+  const record = async (input: StepInput): Promise<RecordOutput> => {
     const context = await enter(input)
     const at = Math.max(0, Math.floor(deps.clock.now()))
     const verdict: Verdict = context.verdict ?? 'indeterminate'
@@ -275,9 +276,48 @@ export function requestServices(deps: RequestServiceDeps) {
       deps.committed(recorded)
     }
     return { ...final, version, at }
-  })
+  }
 
   return { persist, plan, record }
+}
+
+/** Whether an actor is still running (XState warns of events sent to a stopped one). */
+function isActive(actor: AnyActorRef): boolean {
+  const snapshot: unknown = actor.getSnapshot()
+  return typeof snapshot === 'object' && snapshot !== null && 'status' in snapshot && snapshot.status === 'active'
+}
+
+/**
+ * The step service (system id `STEP_SERVICE`): for each `step.run`, does the work (each
+ * persists its step first) and answers the request with `<work>.done` or `<work>.failed`.
+ * One actor for the whole system rather than a promise actor per step: an actor costs
+ * about 2 KB and a few microseconds to create, and each actor that stops makes XState scan
+ * every timer of the system. A request that stopped meanwhile (the runtime stopped) is not
+ * answered.
+ */
+export function stepService(deps: RequestServiceDeps) {
+  const work = stepWork(deps)
+  const run = (event: StepServiceEvent): Promise<RequestEvent> => {
+    switch (event.work) {
+      case 'plan':
+        return work.plan(event.input).then((output) => ({ type: 'plan.done', output }))
+      case 'record':
+        return work.record(event.input).then((output) => ({ type: 'record.done', output }))
+      case 'persist':
+        return work.persist(event.input).then((output) => ({ type: 'persist.done', output }))
+    }
+  }
+  return fromCallback<StepServiceEvent>(({ receive }) => {
+    receive((event) => {
+      const { reply } = event
+      const answer = (answer: RequestEvent): void => {
+        if (isActive(reply)) reply.send(answer)
+      }
+      run(event).then(answer, (error: unknown) => {
+        answer({ type: `${event.work}.failed`, error })
+      })
+    })
+  })
 }
 
 /** What the build service answers a request with. */

@@ -30,14 +30,21 @@ import {
   type QueueContext,
   type QueueLastGreen,
 } from '../machines/queue.js'
-import { BUILD_SERVICE, newRequestContext, requestMachine, type RequestContext, type RequestStep } from '../machines/request.js'
+import {
+  BUILD_SERVICE,
+  STEP_SERVICE,
+  newRequestContext,
+  requestMachine,
+  type RequestContext,
+  type RequestStep,
+} from '../machines/request.js'
 import { isSourceControlProvider, type SourceControl, type SourceControlProvider } from '../sourcecontrol/types.js'
 import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError } from '../storage/errors.js'
 import { FINAL_REQUEST_STATES, type QueueRecord, type RequestRecord, type RequestState, type Storage } from '../storage/types.js'
 import { assertQueueName, parseRequestId } from '../storage/validation.js'
 import { normalizeQueueConfig, type QueueConfigInput } from './config.js'
 import { QueueHost, type QueueHandle, type QueueHostDeps } from './queue-host.js'
-import { buildService, outboxOutcome, requestRecord, requestServices, verdictPayload, type RequestServiceDeps } from './request-services.js'
+import { buildService, outboxOutcome, requestRecord, stepService, verdictPayload, type RequestServiceDeps } from './request-services.js'
 import { describeRequest, type RequestView } from './views.js'
 
 /** Options of {@link createStovepipe}. */
@@ -124,9 +131,10 @@ const topState = (label: string): RequestState =>
       ? 'accepted'
       : (label as RequestState)
 
+/** The event that moved a request, as the event log names it: a service's answer DONE or FAILED, a delay TIMEOUT. */
 function shortEvent(type: string): string {
-  if (type.startsWith('xstate.done.actor') || type === 'build.done') return 'DONE'
-  if (type.startsWith('xstate.error.actor') || type === 'build.failed') return 'FAILED'
+  if (type.startsWith('xstate.done.actor') || type.endsWith('.done')) return 'DONE'
+  if (type.startsWith('xstate.error.actor') || type.endsWith('.failed')) return 'FAILED'
   if (type.startsWith('xstate.after')) return 'TIMEOUT'
   if (type === 'xstate.init') return 'INIT'
   return type
@@ -271,9 +279,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       hosts.get(record.queue)?.committed(record)
     },
   }
-  const services = requestServices(serviceDeps)
   const request = requestMachine.provide({
-    actors: services,
     actions: {
       entered: ({ context, event }, params: { step: string }) => {
         try {
@@ -378,6 +384,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
         dispatcher?.halt()
       }),
       builds: buildService(serviceDeps),
+      steps: stepService(serviceDeps),
     },
   }).createMachine({
     id: 'stovepipe',
@@ -386,6 +393,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       { src: 'writer', id: 'writer', systemId: 'writer' },
       { src: 'hooks', id: 'hooks', systemId: 'hooks' },
       { src: 'builds', id: 'builds', systemId: BUILD_SERVICE },
+      { src: 'steps', id: 'steps', systemId: STEP_SERVICE },
     ],
     on: {
       // A failed queue is stopped by XState and fails alone (QueueHost.fail); a failed event

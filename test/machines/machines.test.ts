@@ -3,51 +3,81 @@
  * SimulatedClock, no runtime, no storage.
  */
 import { describe, expect, it } from 'vitest'
-import { SimulatedClock, createActor, fromCallback, fromPromise, setup, type AnyActorLogic } from 'xstate'
+import { SimulatedClock, createActor, fromCallback, setup, type AnyActorLogic } from 'xstate'
 import { nextDueAt, queueMachine, type QueueContext } from '../../src/machines/queue.js'
 import {
   BUILD_SERVICE,
+  STEP_SERVICE,
   newRequestContext,
   requestMachine,
   type BuildServiceEvent,
   type PersistInput,
+  type PersistOutput,
+  type PlanOutput,
+  type RecordOutput,
   type RequestContext,
   type RequestEvent,
   type StepInput,
+  type StepServiceEvent,
 } from '../../src/machines/request.js'
 import { settle } from '../support/drive.js'
 
-/** The request machine with stub actors that note the step each one was asked to persist. */
-function stubbedRequest(overrides: Record<string, AnyActorLogic> = {}) {
+/** Stub work for the step service: each answers what the runtime's would, bumping the version. */
+interface StubWork {
+  plan: (input: StepInput) => Promise<PlanOutput>
+  record: (input: StepInput) => Promise<RecordOutput>
+  persist: (input: PersistInput) => Promise<PersistOutput>
+}
+
+/**
+ * The request machine (with its provided actions and delays untouched) and a step service
+ * whose stub work notes the step each one was asked to persist into `persisted`, and every
+ * message it gets into `told`. `overrides` replace some of the work.
+ */
+function stubbedRequest(overrides: Partial<StubWork> = {}) {
   const persisted: string[] = []
+  const told: StepServiceEvent[] = []
   const note = ({ context, step }: StepInput): number => {
     persisted.push(step)
     return context.version + 1
   }
-  const machine = requestMachine.provide({
-    actors: {
-      persist: fromPromise<{ version: number; step: PersistInput['step'] }, PersistInput>(({ input }) => {
-        persisted.push(input.step)
-        return Promise.resolve({ version: input.context.version + 1, step: input.step })
+  const work: StubWork = {
+    plan: (input) => Promise.resolve({ strategy: 'full', baseline: null, fallback: null, version: note(input) }),
+    record: (input) =>
+      Promise.resolve({
+        verdict: input.context.verdict ?? 'indeterminate',
+        degree: input.context.degree,
+        factWritten: true,
+        reason: input.context.reason,
+        version: note(input),
+        at: 1,
       }),
-      plan: fromPromise(({ input }: { input: StepInput }) =>
-        Promise.resolve({ strategy: 'full' as const, baseline: null, fallback: null, version: note(input) }),
-      ),
-      record: fromPromise(({ input }: { input: StepInput }) => {
-        const { context } = input
-        return Promise.resolve({
-          verdict: context.verdict ?? 'indeterminate',
-          degree: context.degree,
-          factWritten: true,
-          reason: context.reason,
-          version: note(input),
-          at: 1,
-        })
-      }),
-      ...overrides,
-    } as never,
+    persist: (input) => {
+      persisted.push(input.step)
+      return Promise.resolve({ version: input.context.version + 1, step: input.step })
+    },
+    ...overrides,
+  }
+  const steps = fromCallback<StepServiceEvent>(({ receive }) => {
+    receive((event) => {
+      told.push(event)
+      const done =
+        event.work === 'plan'
+          ? work.plan(event.input).then((output): RequestEvent => ({ type: 'plan.done', output }))
+          : event.work === 'record'
+            ? work.record(event.input).then((output): RequestEvent => ({ type: 'record.done', output }))
+            : work.persist(event.input).then((output): RequestEvent => ({ type: 'persist.done', output }))
+      done.then(
+        (answer) => {
+          event.reply.send(answer)
+        },
+        (error: unknown) => {
+          event.reply.send({ type: `${event.work}.failed`, error })
+        },
+      )
+    })
   })
-  return { machine, persisted }
+  return { machine: requestMachine, persisted, steps, told }
 }
 
 /**
@@ -71,19 +101,20 @@ function stubBuilds(
   })
 }
 
-/** Runs a request machine under a parent (it reports to its parent when it ends), next to a build service. */
-function underParent(machine: AnyActorLogic, childInput: unknown, clock: SimulatedClock, builds: AnyActorLogic) {
+/** Runs a request machine under a parent (it reports to its parent when it ends), next to a step and a build service. */
+function underParent(machine: AnyActorLogic, childInput: unknown, clock: SimulatedClock, builds: AnyActorLogic, steps: AnyActorLogic) {
   const reports: unknown[] = []
-  const parent = setup({ actors: { child: machine, builds } }).createMachine({
+  const parent = setup({ actors: { child: machine, builds, steps } }).createMachine({
     invoke: [
       { src: 'builds', id: 'builds', systemId: BUILD_SERVICE },
+      { src: 'steps', id: 'steps', systemId: STEP_SERVICE },
       { src: 'child', id: 'request', input: childInput as never },
     ],
     on: { '*': { actions: ({ event }) => reports.push(event) } },
   })
   const actor = createActor(parent, { clock }).start()
   const child = actor.getSnapshot().children.request as unknown as {
-    getSnapshot(): { value: unknown; status: string; context: RequestContext }
+    getSnapshot(): { value: unknown; status: string; context: RequestContext; children: Record<string, unknown> }
     send(event: unknown): void
   }
   return { child, reports }
@@ -103,10 +134,10 @@ const start = { type: 'START' as const, at: 0, deadlineAt: 60_000, lastGreen: nu
 
 describe('request machine', () => {
   it('persists each step before working in it and ends recorded green', async () => {
-    const { machine, persisted } = stubbedRequest()
+    const { machine, persisted, steps } = stubbedRequest()
     const clock = new SimulatedClock()
     const told: string[] = []
-    const { child: actor, reports } = underParent(machine, input, clock, stubBuilds(persisted, told))
+    const { child: actor, reports } = underParent(machine, input, clock, stubBuilds(persisted, told), steps)
     expect(actor.getSnapshot().value).toBe('accepted')
     actor.send(start)
     await settle()
@@ -121,13 +152,13 @@ describe('request machine', () => {
 
   it('retries a transient failure after the backoff delay on the clock, then gives up indeterminate', async () => {
     let builds = 0
-    const { machine, persisted } = stubbedRequest()
+    const { machine, persisted, steps } = stubbedRequest()
     const failing = stubBuilds(persisted, [], (version) => {
       builds++
       return { type: 'build.failed', error: Object.assign(new Error('runner offline'), { retryable: true }), version }
     })
     const clock = new SimulatedClock()
-    const { child: actor } = underParent(machine, input, clock, failing)
+    const { child: actor } = underParent(machine, input, clock, failing, steps)
     actor.send(start)
     await settle()
     expect(builds).toBe(1)
@@ -152,14 +183,16 @@ describe('request machine', () => {
 
   it('has the build service persist the step and build, and tells it to abort when cancelled', async () => {
     const told: string[] = []
-    const { machine, persisted } = stubbedRequest()
+    const { machine, persisted, steps } = stubbedRequest()
     const held = stubBuilds(persisted, told, () => undefined)
-    const { child: actor, reports } = underParent(machine, input, new SimulatedClock(), held)
+    const { child: actor, reports } = underParent(machine, input, new SimulatedClock(), held, steps)
     actor.send(start)
     await settle()
     expect(persisted).toEqual(['processing.planning', 'processing.building'])
     expect(told).toEqual(['build.start'])
     expect(actor.getSnapshot().value).toEqual({ processing: { building: 'running' } })
+    // Steps and builds are messages to the services: a request in flight holds no actor of its own.
+    expect(actor.getSnapshot().children).toEqual({})
     actor.send({ type: 'CANCEL', at: 5 })
     await settle()
     expect(told).toEqual(['build.start', 'build.abort'])
@@ -167,10 +200,71 @@ describe('request machine', () => {
     expect(reports).toContainEqual({ type: 'request.ended', id: 'request/main/1', n: 1, state: 'cancelled', at: 5 })
   })
 
+  it('asks the step service for each step, and ignores an answer that comes after the request left the step', async () => {
+    const held = new Map<string, () => void>()
+    const hold = <T>(name: string, output: T): Promise<T> =>
+      new Promise((resolve) => {
+        held.set(name, () => {
+          resolve(output)
+        })
+      })
+    const { machine, persisted, steps, told } = stubbedRequest({
+      plan: (input) => hold('plan', { strategy: 'full', baseline: null, fallback: null, version: input.context.version + 1 }),
+      persist: (input) => hold('persist', { version: input.context.version + 1, step: input.step }),
+    })
+    const { child: actor, reports } = underParent(machine, input, new SimulatedClock(), stubBuilds(persisted), steps)
+    actor.send(start)
+    await settle()
+    expect(told.map((t) => [t.work, t.input.step])).toEqual([['plan', 'processing.planning']])
+    expect(told[0]?.reply).toBe(actor)
+    expect(actor.getSnapshot().value).toEqual({ processing: { planning: 'running' } })
+    actor.send({ type: 'CANCEL', at: 5 })
+    await settle()
+    expect(actor.getSnapshot().value).toEqual({ cancelling: 'running' })
+    expect(told.map((t) => [t.work, t.input.step])).toEqual([
+      ['plan', 'processing.planning'],
+      ['persist', 'cancelled'],
+    ])
+    // The plan's answer arrives while the request waits for its final write: it changes nothing.
+    held.get('plan')?.()
+    await settle()
+    expect(actor.getSnapshot().value).toEqual({ cancelling: 'running' })
+    expect(actor.getSnapshot().context).toMatchObject({ strategy: null, version: 0 })
+    held.get('persist')?.()
+    await settle()
+    expect(actor.getSnapshot().value).toBe('cancelled')
+    expect(actor.getSnapshot().context).toMatchObject({ strategy: null, version: 1, step: 'cancelled' })
+    expect(reports.filter((r) => (r as { type: string }).type.startsWith('request.'))).toEqual([
+      { type: 'request.ended', id: 'request/main/1', n: 1, state: 'cancelled', at: 5 },
+    ])
+  })
+
+  it('records indeterminate through the step service when the plan fails for good, and escalates a final write that fails for good', async () => {
+    const { machine, persisted, steps, told } = stubbedRequest({
+      plan: () => Promise.reject(new Error('bad plan')),
+    })
+    const { child: actor } = underParent(machine, input, new SimulatedClock(), stubBuilds(persisted), steps)
+    actor.send(start)
+    await settle()
+    expect(told.map((t) => [t.work, t.input.step])).toEqual([
+      ['plan', 'processing.planning'],
+      ['record', 'concluding'],
+    ])
+    expect(actor.getSnapshot().value).toBe('recorded')
+    expect(actor.getSnapshot().context).toMatchObject({ verdict: 'indeterminate', reason: 'gave up after 1 attempt(s): Error: bad plan' })
+
+    const failing = stubbedRequest({ persist: () => Promise.reject(new Error('disk on fire')) })
+    const { child: superseded, reports } = underParent(failing.machine, input, new SimulatedClock(), stubBuilds([]), failing.steps)
+    superseded.send({ type: 'SUPERSEDE', by: 'request/main/2', at: 3 })
+    await settle()
+    expect(superseded.getSnapshot().status).toBe('error')
+    expect(reports).toContainEqual(expect.objectContaining({ type: 'xstate.error.actor.request' }))
+  })
+
   it('resumes at the persisted step: a context at processing.building does not plan again', async () => {
     let plans = 0
-    const { machine } = stubbedRequest({
-      plan: fromPromise(() => ((plans += 1), Promise.resolve({ strategy: 'full', baseline: null, fallback: null }))),
+    const { machine, steps } = stubbedRequest({
+      plan: () => ((plans += 1), Promise.resolve({ strategy: 'full', baseline: null, fallback: null, version: 3 })),
     })
     const context: RequestContext = {
       ...newRequestContext(input),
@@ -180,7 +274,7 @@ describe('request machine', () => {
       startedAt: 0,
       deadlineAt: 60_000,
     }
-    const { child: actor } = underParent(machine, { kind: 'resume', context }, new SimulatedClock(), stubBuilds([]))
+    const { child: actor } = underParent(machine, { kind: 'resume', context }, new SimulatedClock(), stubBuilds([]), steps)
     await settle()
     expect(plans).toBe(0)
     expect(actor.getSnapshot().value).toBe('recorded')
