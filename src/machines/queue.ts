@@ -173,7 +173,7 @@ export const queueMachine = setup({
       const deadlines = { ...context.deadlines }
       let superseded = 0
       for (const resumed of event.requests) {
-        enqueue.spawnChild('request', { id: resumed.id, systemId: resumed.id, input: { kind: 'resume', context: resumed } })
+        enqueue.spawnChild('request', { id: resumed.id, input: { kind: 'resume', context: resumed } })
         const state = resumed.step === 'accepted' ? (resumed.n < newest ? 'superseding' : 'accepted') : 'processing'
         requests[resumed.id] = { n: resumed.n, uri: resumed.uri, state }
         // Deadlines are stored as absolute times: one that passed while the runtime was down fires at once.
@@ -190,7 +190,6 @@ export const queueMachine = setup({
       const { id, n, uri, version, createdAt, at } = event
       enqueue.spawnChild('request', {
         id,
-        systemId: id,
         input: { kind: 'new', id, queue: context.name, uri, n, version, createdAt, maxAttempts: context.config.maxAttempts },
       })
       const requests: Record<string, InFlight> = { ...context.requests, [id]: { n, uri, state: 'accepted' } }

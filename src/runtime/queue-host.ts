@@ -185,8 +185,9 @@ export class QueueHost implements QueueHandle {
     if (this.failure !== undefined) return
     this.failure = new StoppedError(`queue ${this.name} failed (see the log); restart the runtime to resume it`, { cause: error })
     const at = Math.max(0, Math.floor(this.deps.clock.now()))
-    for (const id of Object.keys(this.actor.getSnapshot().context.requests)) {
-      const request = this.actor.system.get(id) as AnyActorRef | undefined
+    const { context, children } = this.actor.getSnapshot()
+    for (const id of Object.keys(context.requests)) {
+      const request = children[id] as AnyActorRef | undefined
       request?.send({ type: 'CANCEL', at })
     }
     this.rejectWaiters(this.failure)

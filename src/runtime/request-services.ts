@@ -12,7 +12,7 @@ import type { Logger } from 'pino'
 import { fromCallback, type AnyActorRef } from 'xstate'
 import type { Clock } from '../actors/clock.js'
 import type { WriterResult, Writer } from '../actors/writer.js'
-import type { BuildRunner } from '../build/types.js'
+import type { BuildResult, BuildRunner } from '../build/types.js'
 import { truncateText } from '../hooks/outbox.js'
 import type { VerdictPayload } from '../hooks/types.js'
 import {
@@ -342,12 +342,22 @@ export function buildService(deps: RequestServiceDeps) {
       running.get(context.id)?.abort()
       const controller = new AbortController()
       running.set(context.id, controller)
-      void (async () => {
-        let version: number | null = null
+      // Promise callbacks rather than an async function: a build can run for an hour, and a
+      // suspended async function keeps a generator and its registers for as long.
+      const failed = (error: unknown, version: number | null): void => {
+        if (!controller.signal.aborted) answer(context.id, controller, reply, { type: 'build.failed', error, version })
+      }
+      const built = (result: BuildResult, version: number): void => {
+        if (result.outcome === 'error') {
+          const tail = result.log === undefined ? '' : `: ${result.log.slice(-500)}`
+          failed(new UnavailableError(`build infrastructure failed for ${context.uri}${tail}`), version)
+        } else answer(context.id, controller, reply, { type: 'build.done', result, version })
+      }
+      const run = (version: number): void => {
+        if (controller.signal.aborted) return
+        let building: Promise<BuildResult>
         try {
-          version = await persistStep(deps, context, 'processing.building', 'processing')
-          if (controller.signal.aborted) return
-          const result = await deps.builder.run({
+          building = deps.builder.run({
             queue: context.queue,
             requestId: context.id,
             uri: context.uri,
@@ -357,16 +367,22 @@ export function buildService(deps: RequestServiceDeps) {
             signal: controller.signal,
             clock: deps.clock,
           })
-          if (result.outcome === 'error') {
-            const tail = result.log === undefined ? '' : `: ${result.log.slice(-500)}`
-            throw new UnavailableError(`build infrastructure failed for ${context.uri}${tail}`)
-          }
-          answer(context.id, controller, reply, { type: 'build.done', result, version })
         } catch (error) {
-          if (controller.signal.aborted) return
-          answer(context.id, controller, reply, { type: 'build.failed', error, version })
+          failed(error, version)
+          return
         }
-      })()
+        building.then(
+          (result) => {
+            built(result, version)
+          },
+          (error: unknown) => {
+            failed(error, version)
+          },
+        )
+      }
+      persistStep(deps, context, 'processing.building', 'processing').then(run, (error: unknown) => {
+        failed(error, null)
+      })
     }
     receive((event) => {
       if (event.type === 'build.start') start(event.context, event.reply)
