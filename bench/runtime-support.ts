@@ -4,13 +4,13 @@
  * stateless source control, request rows in the shape the runtime writes, and heap probes.
  */
 import { createActor, enqueueActions, fromCallback, setup, type AnyActorRef } from 'xstate'
+import { TIMER_SERVICE, timerService } from '../src/actors/timer-service.js'
 import {
   BUILD_SERVICE,
   STEP_SERVICE,
   type BuildServiceEvent,
   newQueueContext,
   newRequestContext,
-  nextDueAt,
   queueMachine,
   requestMachine,
   type QueueConfig,
@@ -115,7 +115,8 @@ export const stubSteps = fromCallback<StepServiceEvent>(({ receive }) => {
 /**
  * The bare baseline: one actor system shaped like the runtime's (a root spawning one queue
  * actor per queue, request actors as their children), the real queue and request machines
- * with stub step and build services answering at once, no storage, no writer, no event log.
+ * with stub step and build services answering at once and the runtime's timer service, no
+ * storage, no writer, no event log.
  */
 export class BareSystem {
   private readonly waiters = new Map<string, () => void>()
@@ -136,12 +137,7 @@ export class BareSystem {
         wake()
       },
     })
-    const queue = queueMachine.provide({
-      actors: { request },
-      delays: {
-        nextDue: ({ context }) => Math.min(2 ** 31 - 1, Math.max(0, (nextDueAt(context) ?? 0) - Date.now())),
-      },
-    })
+    const queue = queueMachine.provide({ actors: { request } })
     // The build service, stubbed: the step "persisted" (version + 1) and the build passed at once, or in flight.
     const builds = fromCallback<BuildServiceEvent>(({ receive }) => {
       receive((event) => {
@@ -151,12 +147,13 @@ export class BareSystem {
     })
     const root = setup({
       types: { events: {} as { type: 'queue.open'; name: string; context: QueueContext } },
-      actors: { queue, builds, steps: stubSteps },
+      actors: { queue, builds, steps: stubSteps, timers: timerService({ now: () => Date.now() }) },
     }).createMachine({
       id: 'bare',
       invoke: [
         { src: 'builds', id: 'builds', systemId: BUILD_SERVICE },
         { src: 'steps', id: 'steps', systemId: STEP_SERVICE },
+        { src: 'timers', id: 'timers', systemId: TIMER_SERVICE },
       ],
       on: {
         'queue.open': {

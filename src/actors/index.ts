@@ -1,6 +1,6 @@
 /**
- * The runtime's actors: the group-commit writer, the lag-aware event log, and the clock
- * they all take.
+ * The runtime's actors: the group-commit writer, the lag-aware event log, the timer
+ * service the queues share, and the clock they all take.
  * @module
  */
 export { backoffDelay, seededRandom, sleep, systemClock } from './clock.js'
@@ -19,5 +19,7 @@ export type {
   Subscription,
   TransitionEvent,
 } from './event-log.js'
+export { TIMER_SERVICE, timerService } from './timer-service.js'
+export type { TimerDueEvent, TimerServiceEvent } from './timer-service.js'
 export { createWriter } from './writer.js'
 export type { DrainReport, RetryOptions, Writer, WriterOptions, WriterResult, WriterStats } from './writer.js'

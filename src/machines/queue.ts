@@ -9,21 +9,23 @@
  * - The gate: at most `maxConcurrent` requests hold a slot. A slot is a lease with a
  *   deadline (the request's deadline plus `leaseGraceMs`), so a stuck or lost request
  *   cannot hold it forever: an expired lease is released and its request cancelled.
- * - Time: one timer per queue, armed only while something is due (`timed`; an idle queue
- *   holds no timer). It tells each request in processing when its deadline passes
- *   (`DEADLINE`) and expires leases. Requests keep no timer of their own: XState's
- *   scheduler scans every timer of the system whenever an actor stops, so timers per
- *   request made stepping quadratic in the requests in flight.
+ * - Time: the queue tells the timer service (system id `timers`, one per actor system) its
+ *   earliest due time on every change (`timer.set`, null when idle) and hears `timer.due`
+ *   when it comes; it then tells each request in processing whose deadline passed
+ *   (`DEADLINE`) and expires leases. Neither requests nor queues keep XState timers of
+ *   their own: XState's scheduler scans every timer of the system whenever an actor stops,
+ *   so a timer per request, or per busy queue, made each request's end cost a scan of all.
  * - `request.recorded`: release the slot, and move last green forward if the request is
  *   green and newer than the current one (never backwards).
  *
- * Pure: time comes in events (`at`) and provided delays; the runtime hears of every change
+ * Pure: time comes in events (`at`); the runtime hears of every change
  * (the `changed` action) and persists the snapshot (context, no children) with a CAS write
  * whenever its durable part (config, last green) changed.
  *
  * @module
  */
-import { assign, enqueueActions, setup, type ActorRefFrom, type SnapshotFrom } from 'xstate'
+import { assign, enqueueActions, sendTo, setup, type ActorRefFrom, type AnyActorRef, type SnapshotFrom } from 'xstate'
+import { TIMER_SERVICE, type TimerDueEvent, type TimerServiceEvent } from '../actors/timer-service.js'
 import { requestMachine, type RequestContext, type RequestReport } from './request.js'
 
 /** A queue's configuration. */
@@ -130,6 +132,8 @@ export type QueueEvent =
   | { type: 'request.lost'; id: string; at: number }
   /** After a restart: the requests still in flight, as persisted (their leases are in the context). */
   | { type: 'resume'; requests: RequestContext[]; at: number }
+  /** From the timer service: the time this queue asked for (`at`) has come. */
+  | TimerDueEvent
 
 const requestIdOf = (name: string, n: number): string => `request/${name}/${n}`
 
@@ -149,19 +153,22 @@ export const queueMachine = setup({
     input: {} as QueueInput,
   },
   actors: { request: requestMachine },
-  delays: {
-    /** Until the earliest deadline or lease expiry (the runtime provides its clock). */
-    nextDue: ({ context }) => Math.min(2 ** 31 - 1, Math.max(0, nextDueAt(context) ?? 0)),
-  },
   guards: {
     /** Something is due later: a request deadline or a lease. */
     timed: ({ context }) => nextDueAt(context) !== undefined,
+    /** The timer service's answer is for the earliest due time still wanted (not an earlier, stale one). */
+    dueNow: ({ context, event }) => event.type === 'timer.due' && event.at === nextDueAt(context),
   },
   actions: {
     /** A request child failed for good: the runtime logs it and records it indeterminate. */
     childFailed: () => undefined,
     /** The queue changed (entry to `routing`, inside the transition): the runtime persists what is durable, once it is over. */
     changed: () => undefined,
+    /** Tells the timer service the earliest due time (or that nothing is due). */
+    armTimer: sendTo(
+      ({ system }) => system.get(TIMER_SERVICE) as AnyActorRef,
+      ({ context, self }): TimerServiceEvent => ({ type: 'timer.set', at: nextDueAt(context) ?? null, queue: self }),
+    ),
     /**
      * Re-spawns the requests restored from storage, each at its persisted step; of those
      * still waiting to start, only the newest is kept (coalescing).
@@ -316,11 +323,11 @@ export const queueMachine = setup({
         'xstate.error.actor.*': { actions: 'childFailed' },
       },
       states: {
-        routing: { entry: 'changed', always: [{ guard: 'timed', target: 'timed' }, { target: 'idle' }] },
-        /** Nothing due: no timer. */
+        routing: { entry: ['changed', 'armTimer'], always: [{ guard: 'timed', target: 'timed' }, { target: 'idle' }] },
+        /** Nothing due: the timer service holds nothing for this queue. */
         idle: {},
-        /** A deadline or a lease is due: one timer, for the earliest. */
-        timed: { after: { nextDue: { target: 'routing', actions: ['expire', 'admit'] } } },
+        /** A deadline or a lease is due: the timer service tells the queue when the earliest comes. */
+        timed: { on: { 'timer.due': { guard: 'dueNow', target: 'routing', actions: ['expire', 'admit'] } } },
       },
     },
   },

@@ -22,8 +22,8 @@
  * of heap and a few microseconds to create (a build can run for an hour, and its actor
  * would live as long), and every actor that stops makes XState scan every timer of the
  * system. So a request actor has no children. The deadline (`deadlineAt`, absolute) is
- * kept by the queue, which sends `DEADLINE` when it passes: one timer per queue instead of
- * one per request.
+ * kept by the queue, which sends `DEADLINE` when it passes (the queues share one timer, the
+ * timer service's): a request holds no timer of its own.
  * Every durable step first persists its state (a CAS write the machine waits for), then
  * works; so a restarted runtime resumes a request at its last persisted step. Transient
  * failures retry with backoff (`retry` delay) up to `maxAttempts`; then, or when the

@@ -1,8 +1,9 @@
 /**
  * `createStovepipe`: the runtime. One XState actor system: a root actor, one queue actor
  * per queue (spawned programmatically), one request actor per request in flight (children
- * of their queue), the event log and the writer. Every durable change goes through the
- * writer; every request transition goes to the event log.
+ * of their queue), the event log, the writer, and three services the actors share: steps
+ * (planning, recording), builds and timers. Every durable change goes through the writer;
+ * every request transition goes to the event log.
  *
  * Started on storage left by a stopped or crashed runtime, it resumes every request that
  * had not ended, at the step it had persisted, with its deadline re-armed from the stored
@@ -16,6 +17,7 @@ import { createActor, enqueueActions, fromCallback, setup, type AnyActorRef, typ
 import { backoffDelay, systemClock, type Clock } from '../actors/clock.js'
 import { createEventLog, eventLogActor, type EventLog, type EventLogOptions, type EventLogStopReport } from '../actors/event-log.js'
 import { silentLogger } from '../actors/observability.js'
+import { TIMER_SERVICE, timerService } from '../actors/timer-service.js'
 import { createWriter, type DrainReport, type Writer, type WriterOptions } from '../actors/writer.js'
 import type { BuildRunner } from '../build/types.js'
 import { createOutboxDispatcher, type OutboxDispatcher } from '../hooks/outbox-dispatcher.js'
@@ -23,7 +25,6 @@ import { hookWants, outboxPuts, validateHooks } from '../hooks/outbox.js'
 import type { Hook, HookRetryOptions, LastGreenRef } from '../hooks/types.js'
 import {
   newQueueContext,
-  nextDueAt,
   queueMachine,
   type QueueActor,
   type QueueConfig,
@@ -341,9 +342,6 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
 
   const queue = queueMachine.provide({
     actors: { request },
-    delays: {
-      nextDue: ({ context }) => Math.min(2 ** 31 - 1, Math.max(0, (nextDueAt(context) ?? 0) - clock.now())),
-    },
     actions: {
       changed: ({ context }) => {
         hosts.get(context.name)?.changed(context)
@@ -385,6 +383,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       }),
       builds: buildService(serviceDeps),
       steps: stepService(serviceDeps),
+      timers: timerService(clock),
     },
   }).createMachine({
     id: 'stovepipe',
@@ -394,6 +393,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       { src: 'hooks', id: 'hooks', systemId: 'hooks' },
       { src: 'builds', id: 'builds', systemId: BUILD_SERVICE },
       { src: 'steps', id: 'steps', systemId: STEP_SERVICE },
+      { src: 'timers', id: 'timers', systemId: TIMER_SERVICE },
     ],
     on: {
       // A failed queue is stopped by XState and fails alone (QueueHost.fail); a failed event

@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest'
 import { SimulatedClock, createActor, fromCallback, setup, type AnyActorLogic } from 'xstate'
-import { nextDueAt, queueMachine, type QueueContext } from '../../src/machines/queue.js'
+import { queueMachine, type QueueContext } from '../../src/machines/queue.js'
 import {
   BUILD_SERVICE,
   STEP_SERVICE,
@@ -21,6 +21,7 @@ import {
   type StepServiceEvent,
 } from '../../src/machines/request.js'
 import { settle } from '../support/drive.js'
+import { startQueue } from '../support/queue.js'
 
 /** Stub work for the step service: each answers what the runtime's would, bumping the version. */
 interface StubWork {
@@ -297,10 +298,7 @@ function stuckQueue(events: { id: string; type: string }[]) {
     on: { '*': { actions: ({ context, event }) => events.push({ id: context.id, type: event.type }) } },
   })
   const clock = new SimulatedClock()
-  const queue = queueMachine.provide({
-    actors: { request: stuck as never },
-    delays: { nextDue: ({ context }) => Math.max(0, (nextDueAt(context) ?? 0) - clock.now()) },
-  })
+  const queue = queueMachine.provide({ actors: { request: stuck as never } })
   const context: QueueContext = {
     name: 'main',
     config: { ref: 'main', maxConcurrent: 1, maxValidationMs: 1_000, leaseGraceMs: 500, maxAttempts: 3 },
@@ -311,7 +309,7 @@ function stuckQueue(events: { id: string; type: string }[]) {
     expiredAt: 0,
     stats: { accepted: 0, superseded: 0, cancelled: 0, green: 0, red: 0, indeterminate: 0, leaseExpiries: 0 },
   }
-  const actor = createActor(queue, { input: { context }, clock }).start()
+  const { actor } = startQueue(queue, { context }, clock)
   return { actor, clock }
 }
 

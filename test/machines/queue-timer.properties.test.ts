@@ -7,8 +7,9 @@
  */
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
-import { SimulatedClock, createActor, setup } from 'xstate'
-import { newQueueContext, nextDueAt, queueMachine, type QueueConfig } from '../../src/machines/queue.js'
+import { SimulatedClock, setup } from 'xstate'
+import { newQueueContext, queueMachine, type QueueConfig } from '../../src/machines/queue.js'
+import { startQueue } from '../support/queue.js'
 
 type Command =
   | { kind: 'accept' }
@@ -50,11 +51,8 @@ function run(config: QueueConfig, commands: Command[]): void {
       },
     },
   })
-  const queue = queueMachine.provide({
-    actors: { request: stub as never },
-    delays: { nextDue: ({ context }) => Math.min(2 ** 31 - 1, Math.max(0, (nextDueAt(context) ?? 0) - clock.now())) },
-  })
-  const actor = createActor(queue, { input: { context: newQueueContext('main', config) }, clock }).start()
+  const queue = queueMachine.provide({ actors: { request: stub as never } })
+  const { actor, stop } = startQueue(queue, { context: newQueueContext('main', config) }, clock)
   /** When the test ended each request (as if it had reported to the queue). */
   const ended = new Map<string, number>()
   /** The cancels the test sent (the queue forwards each as a CANCEL). */
@@ -164,7 +162,7 @@ function run(config: QueueConfig, commands: Command[]): void {
   }
   // Nobody hears DEADLINE without having started.
   for (const t of told.filter((x) => x.type === 'DEADLINE')) expect(started.map((s) => s.id)).toContain(t.id)
-  actor.stop()
+  stop()
 }
 
 describe('queue timer (property)', () => {

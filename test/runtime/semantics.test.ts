@@ -400,23 +400,28 @@ describe('failures', () => {
     await expect(w.storage.facts.get('main', 'fake://a1')).rejects.toBeInstanceOf(NotFoundError)
   })
 
-  it('keeps one timer per queue for every deadline and lease, and none on an idle queue', async () => {
+  it('keeps one timer for every deadline and lease of every queue, and none when nothing is due', async () => {
     const w = await world({ builder: { durationMs: 10_000 } })
     const timers = (): string[] => Object.keys(w.sp.system.getSnapshot()._scheduledEvents)
     const main = await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 20, maxValidationMs: 60_000 }))
+    const other = await w.run(w.sp.queue('other', { ref: 'other', maxValidationMs: 30_000 }))
     await w.run(w.sp.queue('idle', { ref: 'idle' }))
     expect(timers()).toEqual([])
     for (let k = 1; k <= 20; k++) {
       w.sc.commit('main', `a${k}`)
       await w.run(main.ingest())
     }
-    await driveUntil(w.clock, () => w.builder.running() === 20)
-    // 20 requests building, each with a deadline and a lease: one timer, the queue's.
+    w.sc.commit('other', 'b1')
+    const { id: otherId } = await w.run(other.ingest())
+    await driveUntil(w.clock, () => w.builder.running() === 21)
+    // 21 requests building over two queues, each with a deadline and a lease: one timer, the timer service's.
     expect(timers()).toHaveLength(1)
-    expect(timers()[0]).toContain('nextDue')
+    expect(timers()[0]).toContain('stovepipe.timers.tick')
     const last = main.inFlight().at(-1)?.id ?? ''
     await w.run(main.waitFor(last))
+    await w.run(other.waitFor(otherId))
     expect(main.inFlight()).toEqual([])
+    expect(other.inFlight()).toEqual([])
     expect(timers()).toEqual([])
   })
 
