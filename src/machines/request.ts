@@ -25,7 +25,8 @@
  * kept by the queue, which sends `DEADLINE` when it passes (the queues share one timer, the
  * timer service's): a request holds no timer of its own.
  * Every durable step first persists its state (a CAS write the machine waits for), then
- * works; so a restarted runtime resumes a request at its last persisted step. Transient
+ * works; so a restarted runtime resumes a request at its last persisted step, where the
+ * step's work starts again without writing the row first (it is already at that step). Transient
  * failures retry with backoff (`retry` delay) up to `maxAttempts`; then, or when the
  * deadline passes, the request is recorded `indeterminate` (fail closed: never green).
  *
@@ -136,7 +137,13 @@ export const BUILD_SERVICE = 'builds'
 /** Messages the build service takes. */
 export type BuildServiceEvent =
   /** Persist `context` at `processing.building` (CAS from its version), run its build, answer `reply`. */
-  | { type: 'build.start'; context: RequestContext; reply: AnyActorRef }
+  | {
+      type: 'build.start'
+      context: RequestContext
+      reply: AnyActorRef
+      /** The request resumed at this step after a restart: its row is already at `processing.building` (no write needed before the build). */
+      resumed: boolean
+    }
   /** Stop the build of request `id`, if it runs; no answer. */
   | { type: 'build.abort'; id: string }
 
@@ -209,6 +216,11 @@ export interface StepInput {
   context: RequestContext
   /** The step to persist first (`concluding` records without persisting a step of its own). */
   step: RequestStep | 'concluding'
+  /**
+   * The request resumed at this step after a restart (it entered it on `xstate.init`): its
+   * row is already at `step`, so the work starts without writing it again.
+   */
+  resumed?: boolean
 }
 /** Output of `plan`: the strategy, and the row version after persisting the step. */
 export interface PlanOutput {
@@ -252,6 +264,12 @@ const retryOrEscalate = [
   { actions: 'escalate' as const },
 ]
 
+/**
+ * Whether a step was entered by the actor's start, which only a resumed request does (its
+ * `boot` state routes it to the step it had persisted, on `xstate.init`).
+ */
+const resumedBy = (event: { type: string }): boolean => event.type === 'xstate.init'
+
 /** Parameters of `runStep`: the work asked of the step service, and the step it persists. */
 type RunStep = { work: 'plan' | 'record'; step: RequestStep | 'concluding' } | { work: 'persist'; step: 'superseded' | 'cancelled' }
 
@@ -285,15 +303,20 @@ export const requestMachine = setup({
     /** Asks the step service to do a step's work (it answers `<work>.done` or `<work>.failed`). */
     runStep: sendTo(
       ({ system }) => system.get(STEP_SERVICE) as AnyActorRef,
-      ({ context, self }, params: RunStep): StepServiceEvent =>
+      ({ context, self, event }, params: RunStep): StepServiceEvent =>
         params.work === 'persist'
           ? { type: 'step.run', work: 'persist', input: { context, step: params.step, state: params.step }, reply: self }
-          : { type: 'step.run', work: params.work, input: { context, step: params.step }, reply: self },
+          : {
+              type: 'step.run',
+              work: params.work,
+              input: { context, step: params.step, resumed: resumedBy(event) },
+              reply: self,
+            },
     ),
     /** Asks the build service to run this request's build. */
     startBuild: sendTo(
       ({ system }) => system.get(BUILD_SERVICE) as AnyActorRef,
-      ({ context, self }): BuildServiceEvent => ({ type: 'build.start', context, reply: self }),
+      ({ context, self, event }): BuildServiceEvent => ({ type: 'build.start', context, reply: self, resumed: resumedBy(event) }),
     ),
     /**
      * Tells the build service to stop this request's build, unless the build's own answer

@@ -178,8 +178,10 @@ export function stepWork(deps: RequestServiceDeps) {
   }
 
   /** Persists the step the actor works in (CAS), returning the request with its new version. */
-  const enter = async ({ context, step }: StepInput): Promise<RequestContext> => {
-    if (step === 'concluding') return context
+  const enter = async ({ context, step, resumed = false }: StepInput): Promise<RequestContext> => {
+    // A resumed request's row is already at its step (a restart of 100 000 requests would
+    // otherwise rewrite every row before any work restarts).
+    if (step === 'concluding' || resumed) return context
     const version = await persistStep(deps, context, step, stateOfStep(step))
     return { ...context, version, step }
   }
@@ -338,7 +340,7 @@ export function buildService(deps: RequestServiceDeps) {
       running.delete(id)
       reply.send(event)
     }
-    const start = (context: RequestContext, reply: AnyActorRef): void => {
+    const start = (context: RequestContext, reply: AnyActorRef, resumed: boolean): void => {
       running.get(context.id)?.abort()
       const controller = new AbortController()
       running.set(context.id, controller)
@@ -380,12 +382,15 @@ export function buildService(deps: RequestServiceDeps) {
           },
         )
       }
-      persistStep(deps, context, 'processing.building', 'processing').then(run, (error: unknown) => {
-        failed(error, null)
-      })
+      // A resumed request's row is already at the build step: build at once.
+      if (resumed) run(context.version)
+      else
+        persistStep(deps, context, 'processing.building', 'processing').then(run, (error: unknown) => {
+          failed(error, null)
+        })
     }
     receive((event) => {
-      if (event.type === 'build.start') start(event.context, event.reply)
+      if (event.type === 'build.start') start(event.context, event.reply, event.resumed)
       else {
         running.get(event.id)?.abort()
         running.delete(event.id)

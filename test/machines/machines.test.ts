@@ -95,8 +95,9 @@ function stubBuilds(
     receive((event) => {
       told.push(event.type)
       if (event.type !== 'build.start') return
-      persisted.push('processing.building')
-      const reply = answer(event.context.version + 1)
+      // A resumed request's row is already at the build step: nothing to persist.
+      if (!event.resumed) persisted.push('processing.building')
+      const reply = answer(event.context.version + (event.resumed ? 0 : 1))
       if (reply !== undefined) event.reply.send(reply)
     })
   })
@@ -264,7 +265,7 @@ describe('request machine', () => {
 
   it('resumes at the persisted step: a context at processing.building does not plan again', async () => {
     let plans = 0
-    const { machine, steps } = stubbedRequest({
+    const { machine, steps, persisted } = stubbedRequest({
       plan: () => ((plans += 1), Promise.resolve({ strategy: 'full', baseline: null, fallback: null, version: 3 })),
     })
     const context: RequestContext = {
@@ -275,10 +276,15 @@ describe('request machine', () => {
       startedAt: 0,
       deadlineAt: 60_000,
     }
-    const { child: actor } = underParent(machine, { kind: 'resume', context }, new SimulatedClock(), stubBuilds([]), steps)
+    const told: string[] = []
+    const { child: actor } = underParent(machine, { kind: 'resume', context }, new SimulatedClock(), stubBuilds(persisted, told), steps)
     await settle()
     expect(plans).toBe(0)
     expect(actor.getSnapshot().value).toBe('recorded')
+    // The row was already at the build step: the build restarted without writing it again.
+    expect(told).toEqual(['build.start'])
+    expect(persisted).toEqual(['processing.recording'])
+    expect(actor.getSnapshot().context.version).toBe(3)
   })
 })
 

@@ -20,10 +20,14 @@ describe('recovery', () => {
     it(`resumes a request in flight after a ${how}, at its persisted step`, async () => {
       const w = await world({ builder: { durationMs: 1_000 } })
       const id = await buildingRequest(w)
-      expect((await w.storage.requests.get(id)).state).toBe('processing')
+      const before = await w.storage.requests.get(id)
+      expect(before.state).toBe('processing')
       const sp = how === 'stop' ? await w.restart() : await w.crash()
       const main = await w.run(sp.queue('main'))
       expect(main.inFlight()).toEqual([{ id, n: 1, uri: 'fake://a1', state: 'processing' }])
+      // The build restarts from the row as it was: a resumed step is not written again first.
+      await driveUntil(w.clock, () => w.builder.running() === 1)
+      expect((await w.storage.requests.get(id)).version).toBe(before.version)
       const done = await w.run(main.waitFor(id))
       expect(done).toMatchObject({ state: 'recorded', verdict: 'green' })
       expect(w.builder.builds.map((b) => [b.requestId, b.result === 'aborted' || b.result === 'running' ? 'interrupted' : 'done'])).toEqual(
