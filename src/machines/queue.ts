@@ -137,6 +137,17 @@ export type QueueEvent =
 
 const requestIdOf = (name: string, n: number): string => `request/${name}/${n}`
 
+/**
+ * `record` without `key`, as a new object. (Rest destructuring with a computed key,
+ * `const { [key]: _, ...rest } = record`, takes V8's slow path: about 3 times slower on a
+ * queue with 100 requests in flight, where it ran three times per finished request.)
+ */
+function without<T>(record: Readonly<Record<string, T>>, key: string): Record<string, T> {
+  const copy: Record<string, T> = {}
+  for (const k of Object.keys(record)) if (k !== key) copy[k] = record[k] as T
+  return copy
+}
+
 /** The earliest time something is due (a deadline or a lease expiry), or undefined. */
 export function nextDueAt(context: Pick<QueueContext, 'leases' | 'deadlines'>): number | undefined {
   let due: number | undefined
@@ -249,9 +260,9 @@ export const queueMachine = setup({
         event.type !== 'request.lost'
       )
         return
-      const { [event.id]: _done, ...requests } = context.requests
-      const { [event.id]: _lease, ...leases } = context.leases
-      const { [event.id]: _deadline, ...deadlines } = context.deadlines
+      const requests = without(context.requests, event.id)
+      const leases = without(context.leases, event.id)
+      const deadlines = without(context.deadlines, event.id)
       const stats = { ...context.stats }
       let lastGreen = context.lastGreen
       if (event.type === 'request.recorded') {
