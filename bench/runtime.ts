@@ -39,9 +39,9 @@
  *    (state `processing`, `data = { step: 'processing.building', context }`, checked
  *    against a row written by a real runtime), then `createStovepipe` on the reopened file
  *    is timed until it returns with every queue open and every request actor spawned in
- *    `building` (the target), and further until every resumed request has re-persisted its
- *    step and restarted its build; against raw better-sqlite3 reading the same rows
- *    (`SELECT * … WHERE state NOT IN (final)`, `JSON.parse(data)`) and starting as many
+ *    `building` (the target), and further until every resumed request has restarted its
+ *    build (a resumed step is not written again first); against raw better-sqlite3 reading
+ *    the same rows (`SELECT * … WHERE state NOT IN (final)`, `JSON.parse(data)`) and starting as many
  *    bare request actors (no services: builds held) from `{ kind: 'resume', context }`.
  *
  * Parts 2 and 3 run in child processes of this script (`--child <name>`), so that each
@@ -620,7 +620,7 @@ function reportRestart(restart: Awaited<ReturnType<typeof benchRestart>>, target
     `restart, ${total} requests in flight over ${RESTART_QUEUES} queues (${restart.rounds.length} rounds, median; rows written in ${restart.setupMs.toFixed(0)} ms)`,
   )
   console.log(`ours: createStovepipe until every queue open, every request actor in building   ${pad(ours.toFixed(0), 7)} ms`)
-  console.log(`ours: … until every resumed request re-persisted its step and restarted its build ${pad(oursResumed.toFixed(0), 5)} ms`)
+  console.log(`ours: … until every resumed request restarted its build                     ${pad(oursResumed.toFixed(0), 5)} ms`)
   console.log(`baseline: raw SELECT + JSON.parse + ${total} bare request actors               ${pad(base.toFixed(0), 7)} ms`)
   console.log(`ratio ours/baseline ${(ours / base).toFixed(2)} (with every build restarted ${(oursResumed / base).toFixed(2)})`)
   console.log(
