@@ -2,7 +2,7 @@
  * Runs a queue machine on its own, as the runtime does: in an actor system that holds the
  * timer service the queues share, on the given clock.
  */
-import { createActor, setup, type AnyActorLogic, type SimulatedClock } from 'xstate'
+import { createActor, setup, type SimulatedClock } from 'xstate'
 import { TIMER_SERVICE, timerService } from '../../src/actors/timer-service.js'
 import type { QueueActor, QueueInput, queueMachine } from '../../src/machines/queue.js'
 
@@ -11,14 +11,15 @@ import type { QueueActor, QueueInput, queueMachine } from '../../src/machines/qu
  * returns the queue's actor and the root's `stop`.
  */
 export function startQueue(queue: typeof queueMachine, input: QueueInput, clock: SimulatedClock): { actor: QueueActor; stop: () => void } {
-  const root = setup({ actors: { queue: queue as AnyActorLogic, timers: timerService(clock) } }).createMachine({
+  const root = setup({ actors: { queue, timers: timerService(clock) } }).createMachine({
     invoke: [
       { src: 'timers', id: 'timers', systemId: TIMER_SERVICE },
       { src: 'queue', id: 'queue', input },
     ],
   })
   const actor = createActor(root, { clock }).start()
-  const queueActor = actor.getSnapshot().children.queue as unknown as QueueActor
+  const queueActor = actor.getSnapshot().children.queue
+  if (queueActor === undefined) throw new Error('the queue actor did not start')
   return {
     actor: queueActor,
     stop: () => {
