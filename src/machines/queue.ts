@@ -167,7 +167,7 @@ export const queueMachine = setup({
   guards: {
     /** Something is due later: a request deadline or a lease. */
     timed: ({ context }) => nextDueAt(context) !== undefined,
-    /** The timer service's answer is for the earliest due time still wanted (not an earlier, stale one). */
+    /** The timer service's answer is for the earliest due time the queue wants now (not a stale one for a time since replaced). */
     dueNow: ({ context, event }) => event.type === 'timer.due' && event.at === nextDueAt(context),
   },
   actions: {

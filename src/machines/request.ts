@@ -26,9 +26,9 @@
  * timer service's): a request holds no timer of its own.
  * Every durable step first persists its state (a CAS write the machine waits for), then
  * works; so a restarted runtime resumes a request at its last persisted step, where the
- * step's work starts again without writing the row first (it is already at that step). Transient
- * failures retry with backoff (`retry` delay) up to `maxAttempts`; then, or when the
- * deadline passes, the request is recorded `indeterminate` (fail closed: never green).
+ * step's work starts again without writing the row first (it is already at that step).
+ * Transient failures retry with backoff (`retry` delay) up to `maxAttempts`; then, or when
+ * the deadline passes, the request is recorded `indeterminate` (fail closed: never green).
  *
  * @module
  */
@@ -136,7 +136,7 @@ export const BUILD_SERVICE = 'builds'
 
 /** Messages the build service takes. */
 export type BuildServiceEvent =
-  /** Persist `context` at `processing.building` (CAS from its version), run its build, answer `reply`. */
+  /** Persist `context` at `processing.building` (CAS from its version) unless `resumed`, run its build, answer `reply`. */
   | {
       type: 'build.start'
       context: RequestContext

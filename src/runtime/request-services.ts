@@ -1,9 +1,9 @@
 /**
- * The side effects of the request machine, as the runtime provides them: persisting a
- * step (CAS through the writer), planning (source control) and recording (fact and
- * verdict), each a promise actor; and the build service, one callback actor for the whole
- * actor system, which runs every request's build and aborts it when the request leaves
- * its build step (cancel, deadline) or the service stops (the runtime stopped).
+ * The side effects of the request machine, as the runtime provides them, in two callback
+ * actors for the whole actor system: the step service, which persists a step (CAS through
+ * the writer), plans (source control), records (fact and verdict) and writes final states;
+ * and the build service, which runs every request's build and aborts it when the request
+ * leaves its build step (cancel, deadline) or the service stops (the runtime stopped).
  *
  * @internal
  * @module
@@ -382,12 +382,12 @@ export function buildService(deps: RequestServiceDeps) {
           },
         )
       }
-      // A resumed request's row is already at the build step: build at once.
-      if (resumed) run(context.version)
-      else
-        persistStep(deps, context, 'processing.building', 'processing').then(run, (error: unknown) => {
-          failed(error, null)
-        })
+      // A resumed request's row is already at the build step: build at once (after this
+      // message, like any build: never inside the service's own step).
+      const stored = resumed ? Promise.resolve(context.version) : persistStep(deps, context, 'processing.building', 'processing')
+      stored.then(run, (error: unknown) => {
+        failed(error, null)
+      })
     }
     receive((event) => {
       if (event.type === 'build.start') start(event.context, event.reply, event.resumed)
