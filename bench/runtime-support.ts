@@ -49,15 +49,15 @@ export interface StubOptions {
   /** Called on every step the machine enters (the runtime's `entered` action). */
   onStep?: (context: RequestContext, step: string) => void
   /**
-   * For request actors without a build service in their system (each its own root): the
-   * request asks for no build and its build stays in flight.
+   * For request actors without services in their system (each its own root): the request
+   * asks no service for anything, so the step it is in (its build) stays in flight.
    */
   standalone?: boolean
 }
 
 /**
- * The request machine with the runtime's deadline delay and an `entered` action that
- * calls `onStep`; standalone, it asks no service for anything (each step stays in flight).
+ * The request machine with a fixed retry delay and an `entered` action that calls
+ * `onStep`; standalone, it asks no service for anything (each step stays in flight).
  */
 export function stubRequestMachine(options: StubOptions = {}) {
   const { onStep, standalone = false } = options
