@@ -16,6 +16,7 @@
  * @module
  */
 import { fromCallback, type AnyActorRef } from 'xstate'
+import { isRunning } from './running.js'
 
 /** System id of the timer service. */
 export const TIMER_SERVICE = 'timers'
@@ -38,12 +39,6 @@ export interface TimerDueEvent {
 const TICK = 'stovepipe.timers.tick'
 /** The longest delay a timer takes (setTimeout's limit); a later time is re-armed on waking. */
 const MAX_DELAY = 2 ** 31 - 1
-
-/** Whether an actor is still running (XState warns of events sent to a stopped one). */
-function isActive(actor: AnyActorRef): boolean {
-  const snapshot: unknown = actor.getSnapshot()
-  return typeof snapshot === 'object' && snapshot !== null && 'status' in snapshot && snapshot.status === 'active'
-}
 
 /**
  * The timer service's logic, to be invoked once per actor system with system id
@@ -69,7 +64,7 @@ export function timerService(clock: { now(): number }) {
       const now = clock.now()
       let next: number | undefined
       for (const [queue, at] of due) {
-        if (!isActive(queue)) {
+        if (!isRunning(queue)) {
           due.delete(queue)
         } else if (at <= now) {
           due.delete(queue)

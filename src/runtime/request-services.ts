@@ -11,6 +11,7 @@
 import type { Logger } from 'pino'
 import { fromCallback, type AnyActorRef } from 'xstate'
 import type { Clock } from '../actors/clock.js'
+import { isRunning } from '../actors/running.js'
 import type { WriterResult, Writer } from '../actors/writer.js'
 import type { BuildResult, BuildRunner } from '../build/types.js'
 import { truncateText } from '../hooks/outbox.js'
@@ -171,7 +172,7 @@ async function existingFact(storage: Storage, queue: string, uri: string): Promi
 }
 
 /** The work of the step service (see {@link stepService}), one async function per kind. */
-export function stepWork(deps: RequestServiceDeps) {
+export function stepWork(deps: RequestServiceDeps): StepWorkers {
   const persist = async (input: PersistInput): Promise<PersistOutput> => {
     const version = await persistStep(deps, input.context, input.step, input.state)
     return { version, step: input.step }
@@ -283,10 +284,11 @@ export function stepWork(deps: RequestServiceDeps) {
   return { persist, plan, record }
 }
 
-/** Whether an actor is still running (XState warns of events sent to a stopped one). */
-function isActive(actor: AnyActorRef): boolean {
-  const snapshot: unknown = actor.getSnapshot()
-  return typeof snapshot === 'object' && snapshot !== null && 'status' in snapshot && snapshot.status === 'active'
+/** The work behind each `step.run` (see {@link stepWork}; tests give stubs). */
+export interface StepWorkers {
+  plan(input: StepInput): Promise<PlanOutput>
+  record(input: StepInput): Promise<RecordOutput>
+  persist(input: PersistInput): Promise<PersistOutput>
 }
 
 /**
@@ -299,27 +301,24 @@ function isActive(actor: AnyActorRef): boolean {
  */
 export function stepService(deps: RequestServiceDeps) {
   const work = stepWork(deps)
-  const run = (event: StepServiceEvent): Promise<RequestEvent> => {
-    switch (event.work) {
-      case 'plan':
-        return work.plan(event.input).then((output) => ({ type: 'plan.done', output }))
-      case 'record':
-        return work.record(event.input).then((output) => ({ type: 'record.done', output }))
-      case 'persist':
-        return work.persist(event.input).then((output) => ({ type: 'persist.done', output }))
-    }
-  }
   return fromCallback<StepServiceEvent>(({ receive }) => {
     receive((event) => {
-      const { reply } = event
-      const answer = (answer: RequestEvent): void => {
-        if (isActive(reply)) reply.send(answer)
-      }
-      run(event).then(answer, (error: unknown) => {
-        answer({ type: `${event.work}.failed`, error })
+      void stepAnswer(work, event).then((answer) => {
+        if (isRunning(event.reply)) event.reply.send(answer)
       })
     })
   })
+}
+
+/** Does the work a `step.run` asks for; resolves with the answer: `<work>.done`, or `<work>.failed` with the error. */
+export function stepAnswer(work: StepWorkers, event: StepServiceEvent): Promise<RequestEvent> {
+  const done =
+    event.work === 'plan'
+      ? work.plan(event.input).then((output): RequestEvent => ({ type: 'plan.done', output }))
+      : event.work === 'record'
+        ? work.record(event.input).then((output): RequestEvent => ({ type: 'record.done', output }))
+        : work.persist(event.input).then((output): RequestEvent => ({ type: 'persist.done', output }))
+  return done.catch((error: unknown): RequestEvent => ({ type: `${event.work}.failed`, error }))
 }
 
 /** What the build service answers a request with. */

@@ -11,38 +11,28 @@ import {
   newRequestContext,
   requestMachine,
   type BuildServiceEvent,
-  type PersistInput,
-  type PersistOutput,
-  type PlanOutput,
-  type RecordOutput,
   type RequestContext,
   type RequestEvent,
   type StepInput,
   type StepServiceEvent,
 } from '../../src/machines/request.js'
+import { stepAnswer, type StepWorkers } from '../../src/runtime/request-services.js'
 import { settle } from '../support/drive.js'
 import { startQueue } from '../support/queue.js'
-
-/** Stub work for the step service: each answers what the runtime's would, bumping the version. */
-interface StubWork {
-  plan: (input: StepInput) => Promise<PlanOutput>
-  record: (input: StepInput) => Promise<RecordOutput>
-  persist: (input: PersistInput) => Promise<PersistOutput>
-}
 
 /**
  * The request machine (with its provided actions and delays untouched) and a step service
  * whose stub work notes the step each one was asked to persist into `persisted`, and every
  * message it gets into `told`. `overrides` replace some of the work.
  */
-function stubbedRequest(overrides: Partial<StubWork> = {}) {
+function stubbedRequest(overrides: Partial<StepWorkers> = {}) {
   const persisted: string[] = []
   const told: StepServiceEvent[] = []
   const note = ({ context, step }: StepInput): number => {
     persisted.push(step)
     return context.version + 1
   }
-  const work: StubWork = {
+  const work: StepWorkers = {
     plan: (input) => Promise.resolve({ strategy: 'full', baseline: null, fallback: null, version: note(input) }),
     record: (input) =>
       Promise.resolve({
@@ -62,20 +52,9 @@ function stubbedRequest(overrides: Partial<StubWork> = {}) {
   const steps = fromCallback<StepServiceEvent>(({ receive }) => {
     receive((event) => {
       told.push(event)
-      const done =
-        event.work === 'plan'
-          ? work.plan(event.input).then((output): RequestEvent => ({ type: 'plan.done', output }))
-          : event.work === 'record'
-            ? work.record(event.input).then((output): RequestEvent => ({ type: 'record.done', output }))
-            : work.persist(event.input).then((output): RequestEvent => ({ type: 'persist.done', output }))
-      done.then(
-        (answer) => {
-          event.reply.send(answer)
-        },
-        (error: unknown) => {
-          event.reply.send({ type: `${event.work}.failed`, error })
-        },
-      )
+      void stepAnswer(work, event).then((answer) => {
+        event.reply.send(answer)
+      })
     })
   })
   return { machine: requestMachine, persisted, steps, told }
