@@ -521,13 +521,10 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       record.lastGreen === undefined ? null : { ...record.lastGreen, n: parseRequestId(record.lastGreen.requestId, record.name) }
     // The snapshot may lag the facts: never start from an older last green than storage shows.
     const scanned = await newestGreen(storage, record.name, storedLastGreen?.n ?? 0)
-    const leases: Record<string, number> = {}
-    for (const c of contexts) if (c.step !== 'accepted' && c.deadlineAt !== null) leases[c.id] = c.deadlineAt + config.leaseGraceMs
     const fresh = newQueueContext(record.name, config)
     const context: QueueContext = {
       ...fresh,
       lastGreen: scanned ?? storedLastGreen,
-      leases,
       stats: { ...fresh.stats, ...(persisted?.stats ?? {}) },
     }
     // A newer green found by the scan moves last green: the host persists it with its hook notifications.

@@ -18,7 +18,7 @@ import {
 } from '../../src/machines/request.js'
 import { stepAnswer, type StepWorkers } from '../../src/runtime/request-services.js'
 import { settle } from '../support/drive.js'
-import { startQueue } from '../support/queue.js'
+import { leases, startQueue } from '../support/queue.js'
 
 /**
  * The request machine (with its provided actions and delays untouched) and a step service
@@ -289,8 +289,7 @@ function stuckQueue(events: { id: string; type: string }[]) {
     config: { ref: 'main', maxConcurrent: 1, maxValidationMs: 1_000, leaseGraceMs: 500, maxAttempts: 3 },
     lastGreen: null,
     requests: {},
-    leases: {},
-    deadlines: {},
+    dueAt: null,
     expiredAt: 0,
     stats: { accepted: 0, superseded: 0, cancelled: 0, green: 0, red: 0, indeterminate: 0, leaseExpiries: 0 },
   }
@@ -304,7 +303,7 @@ describe('queue machine', () => {
     const { actor, clock } = stuckQueue(events)
     actor.send({ type: 'request.accepted', id: 'request/main/1', n: 1, uri: 'fake://a1', version: 0, createdAt: 0, at: 0 })
     actor.send({ type: 'request.accepted', id: 'request/main/2', n: 2, uri: 'fake://a2', version: 0, createdAt: 0, at: 0 })
-    expect(actor.getSnapshot().context.leases).toEqual({ 'request/main/1': 1_500 })
+    expect(leases(actor.getSnapshot().context)).toEqual({ 'request/main/1': 1_500 })
     clock.increment(1_499)
     expect(actor.getSnapshot().context.stats.leaseExpiries).toBe(0)
     clock.increment(1)
@@ -312,7 +311,7 @@ describe('queue machine', () => {
     expect(after.stats.leaseExpiries).toBe(1)
     expect(events).toContainEqual({ id: 'request/main/1', type: 'CANCEL' })
     // The freed slot went to the waiting request.
-    expect(Object.keys(after.leases)).toEqual(['request/main/2'])
+    expect(Object.keys(leases(after))).toEqual(['request/main/2'])
     expect(events).toContainEqual({ id: 'request/main/2', type: 'START' })
   })
 

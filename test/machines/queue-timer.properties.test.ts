@@ -9,7 +9,7 @@ import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { SimulatedClock, setup } from 'xstate'
 import { newQueueContext, queueMachine, type QueueConfig } from '../../src/machines/queue.js'
-import { startQueue } from '../support/queue.js'
+import { deadlines, leases, startQueue } from '../support/queue.js'
 
 type Command =
   | { kind: 'accept' }
@@ -76,14 +76,15 @@ function run(config: QueueConfig, commands: Command[]): void {
 
   const check = (): void => {
     const { context, value } = actor.getSnapshot()
-    const requests = Object.keys(context.requests)
-    const leases = Object.keys(context.leases)
-    for (const id of leases) expect(requests).toContain(id)
-    for (const id of Object.keys(context.deadlines)) expect(leases).toContain(id)
-    expect(leases.length).toBeLessThanOrEqual(config.maxConcurrent)
+    const held = Object.keys(leases(context))
+    for (const id of Object.keys(deadlines(context))) expect(held).toContain(id)
+    expect(held.length).toBeLessThanOrEqual(config.maxConcurrent)
+    // The cached earliest due time is the earliest lease or deadline.
+    const due = [...Object.values(leases(context)), ...Object.values(deadlines(context))]
+    expect(context.dueAt).toBe(due.length === 0 ? null : Math.min(...due))
     const timers = Object.keys(actor.system.getSnapshot()._scheduledEvents)
-    expect(timers).toHaveLength(leases.length > 0 ? 1 : 0)
-    expect(value).toEqual({ active: leases.length > 0 ? 'timed' : 'idle' })
+    expect(timers).toHaveLength(held.length > 0 ? 1 : 0)
+    expect(value).toEqual({ active: held.length > 0 ? 'timed' : 'idle' })
   }
 
   const pick = (index: number, state?: string): string | undefined => {
@@ -130,11 +131,11 @@ function run(config: QueueConfig, commands: Command[]): void {
     check()
   }
   // Let every deadline and lease pass (expiries free slots, which start waiting requests).
-  for (let rounds = 0; rounds <= n && Object.keys(actor.getSnapshot().context.leases).length > 0; rounds++) {
+  for (let rounds = 0; rounds <= n && Object.keys(leases(actor.getSnapshot().context)).length > 0; rounds++) {
     advance(config.maxValidationMs + config.leaseGraceMs + 1)
     check()
   }
-  expect(actor.getSnapshot().context.leases).toEqual({})
+  expect(leases(actor.getSnapshot().context)).toEqual({})
 
   const started = told.filter((t) => t.type === 'START')
   for (const start of started) {

@@ -76,7 +76,7 @@ describe('persistence', () => {
       name: 'main',
       lastGreen: { uri: 'fake://a2', requestId: 'request/main/2' },
       requests: {},
-      leases: {},
+      dueAt: null,
     })
     expect(row.lastGreen).toMatchObject({ uri: 'fake://a2', requestId: 'request/main/2' })
     if (actor !== undefined) expect(snapshot.context).toEqual(roundTrip(actor.getSnapshot().context))

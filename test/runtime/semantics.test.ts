@@ -16,6 +16,8 @@ import {
 } from '../../src/index.js'
 import { driveUntil, settle, track } from '../support/drive.js'
 import { world } from '../support/runtime.js'
+import { leases } from '../support/queue.js'
+import type { QueueActor } from '../../src/machines/queue.js'
 import { createFakeSourceControl, type FakeSourceControl } from '../../src/sourcecontrol/fake.js'
 
 const ref = { ref: 'main' }
@@ -235,11 +237,10 @@ describe('queue', () => {
     }
     expect(w.builder.running()).toBe(2)
     expect(main.inFlight().map((r) => r.state)).toEqual(['processing', 'processing', 'accepted'])
-    const leases = (w.sp.system.get('queue:main') as { getSnapshot(): { context: { leases: Record<string, number> } } }).getSnapshot()
-      .context.leases
+    const held = leases((w.sp.system.get('queue:main') as QueueActor).getSnapshot().context)
     const started = await w.run(w.sp.request(ids[0] ?? ''))
-    expect(leases[ids[0] ?? '']).toBe((started.deadlineAt ?? 0) + 5_000)
-    expect(Object.keys(leases)).toHaveLength(2)
+    expect(held[ids[0] ?? '']).toBe((started.deadlineAt ?? 0) + 5_000)
+    expect(Object.keys(held)).toHaveLength(2)
     await w.run(main.waitFor(ids[2] ?? ''))
     expect(Math.max(...w.builder.builds.map((_, i) => i))).toBe(2)
   })

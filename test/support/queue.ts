@@ -4,7 +4,7 @@
  */
 import { createActor, setup, type SimulatedClock } from 'xstate'
 import { TIMER_SERVICE, timerService } from '../../src/actors/timer-service.js'
-import type { QueueActor, QueueInput, queueMachine } from '../../src/machines/queue.js'
+import type { QueueActor, QueueContext, QueueInput, queueMachine } from '../../src/machines/queue.js'
 
 /**
  * Starts `queue` (the queue machine, with test actors provided) next to a timer service;
@@ -26,4 +26,18 @@ export function startQueue(queue: typeof queueMachine, input: QueueInput, clock:
       actor.stop()
     },
   }
+}
+
+/** The slots a queue holds: request id → lease expiry (epoch ms). */
+export function leases(context: Pick<QueueContext, 'requests'>): Record<string, number> {
+  const held: Record<string, number> = {}
+  for (const [id, r] of Object.entries(context.requests)) if (r.leaseUntil !== null) held[id] = r.leaseUntil
+  return held
+}
+
+/** The deadlines a queue has yet to tell: request id → deadline (epoch ms). */
+export function deadlines(context: Pick<QueueContext, 'requests'>): Record<string, number> {
+  const due: Record<string, number> = {}
+  for (const [id, r] of Object.entries(context.requests)) if (r.deadlineAt !== null) due[id] = r.deadlineAt
+  return due
 }
