@@ -442,6 +442,17 @@ export class QueueHost implements QueueHandle {
     })
     // Rejected while the row is read below, it may never be returned: not an unhandled rejection.
     waiting.catch(() => undefined)
+    // Waiting for the end of a request in flight here: its end reaches the waiter through
+    // notify(), with the row it committed (or read then), so the row read below could only
+    // say "wait". (The queue drops a request only once it has ended, and it ends inside the
+    // actor system, never between this check and the waiter's registration above.)
+    if (
+      FINAL_REQUEST_STATES.includes(state) &&
+      this.failure === undefined &&
+      this.lost?.has(id) !== true &&
+      this.actor.getSnapshot().context.requests[id] !== undefined
+    )
+      return waiting
     try {
       const row = await this.deps.storage.requests.get(id)
       // A final row of a request still in flight here: its actor has yet to report to the
