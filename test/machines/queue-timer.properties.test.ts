@@ -2,8 +2,9 @@
  * The queue's one timer, as a property: random arrivals, endings, cancels and passing time
  * on a SimulatedClock, with stub requests that never end on their own and note what they
  * are told. Checks after every step that the queue holds a timer exactly while a lease is
- * held, that deadlines and leases belong to requests in flight, that the gate holds; and
- * that every started request hears `DEADLINE` once, at its deadline, unless it ended first.
+ * held, that a request with a deadline holds a lease, that the queue's `dueAt` is the
+ * earliest lease or deadline, that the gate holds; and that every started request hears
+ * `DEADLINE` once, at its deadline, unless it ended first.
  */
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
