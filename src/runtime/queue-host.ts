@@ -10,7 +10,7 @@ import type { Logger } from 'pino'
 import type { Clock } from '../actors/clock.js'
 import type { Writer, WriterResult } from '../actors/writer.js'
 import type { LastGreenPayload, LastGreenRef } from '../hooks/types.js'
-import type { QueueActor, QueueConfig, QueueContext } from '../machines/queue.js'
+import { queueMachine, type QueueActor, type QueueConfig, type QueueContext } from '../machines/queue.js'
 import type { AnyActorRef } from 'xstate'
 import { newRequestContext } from '../machines/request.js'
 import type { SourceControl } from '../sourcecontrol/types.js'
@@ -97,6 +97,24 @@ interface Waiter {
   state: RequestState
   resolve: (view: RequestView) => void
   reject: (error: Error) => void
+}
+
+/**
+ * The queue's persisted snapshot (XState's `getPersistedSnapshot` format) with `context`
+ * and no children (requests live in their own rows), as plain JSON. Made from the snapshot
+ * with its children left out, so that the requests in flight are not persisted only to be
+ * dropped (`getPersistedSnapshot` of the actor persists every child, recursively); members
+ * XState leaves undefined (`output`, `error`) are left out, as JSON would.
+ */
+export function persistedWithoutChildren(actor: QueueActor, context: QueueContext): Json {
+  const persisted: Record<string, unknown> = {
+    ...queueMachine.getPersistedSnapshot({ ...actor.getSnapshot(), children: {} }),
+    context,
+    children: {},
+  }
+  const snapshot: Record<string, Json> = {}
+  for (const key of Object.keys(persisted)) if (persisted[key] !== undefined) snapshot[key] = persisted[key] as Json
+  return snapshot
 }
 
 const reached = (current: RequestState, wanted: RequestState): boolean =>
@@ -254,10 +272,7 @@ export class QueueHost implements QueueHandle {
   }
 
   private async persistContext(context: QueueContext): Promise<void> {
-    // getPersistedSnapshot() without the children (requests live in their own rows), as plain JSON.
-    const snapshot = JSON.parse(
-      JSON.stringify({ ...(this.actor.getPersistedSnapshot() as Record<string, unknown>), context, children: {} }),
-    ) as Json
+    const snapshot = persistedWithoutChildren(this.actor, context)
     const now = Math.max(0, Math.floor(this.deps.clock.now()))
     const record: QueueRecord = {
       name: this.name,

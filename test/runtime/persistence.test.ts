@@ -4,7 +4,10 @@
  * every persisted shape survives a JSON round trip.
  */
 import { describe, expect, it } from 'vitest'
+import type { AnyActorRef } from 'xstate'
 import type { Storage, WriteOp } from '../../src/index.js'
+import type { QueueActor } from '../../src/machines/queue.js'
+import { persistedWithoutChildren } from '../../src/runtime/queue-host.js'
 import { world } from '../support/runtime.js'
 
 /** Records, in order, the request steps whose CAS write has committed. */
@@ -80,6 +83,33 @@ describe('persistence', () => {
     })
     expect(row.lastGreen).toMatchObject({ uri: 'fake://a2', requestId: 'request/main/2' })
     if (actor !== undefined) expect(snapshot.context).toEqual(roundTrip(actor.getSnapshot().context))
+  })
+
+  it("persists the queue snapshot in XState's format without persisting the requests in flight", async () => {
+    const w = await world({ builder: { durationMs: 1000 } })
+    const main = await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 2 }))
+    for (const sha of ['a1', 'a2', 'a3']) {
+      w.sc.commit('main', sha)
+      await w.run(main.ingest())
+    }
+    const actor = w.sp.system.get('queue:main') as QueueActor
+    const { context } = actor.getSnapshot()
+    expect(Object.keys(context.requests)).toHaveLength(3)
+    const persistedChildren: string[] = []
+    for (const child of Object.values(actor.getSnapshot().children) as AnyActorRef[]) {
+      const own = child.getPersistedSnapshot.bind(child)
+      child.getPersistedSnapshot = () => {
+        persistedChildren.push(child.id)
+        return own()
+      }
+    }
+    const snapshot = persistedWithoutChildren(actor, context)
+    expect(persistedChildren).toEqual([])
+    // What XState's getPersistedSnapshot gives, with the children dropped, as plain JSON.
+    const expected = roundTrip({ ...(actor.getPersistedSnapshot() as Record<string, unknown>), children: {} })
+    expect(persistedChildren).toHaveLength(3)
+    expect(snapshot).toEqual(expected)
+    expect(JSON.stringify(snapshot)).toBe(JSON.stringify(expected))
   })
 
   it('keeps every persisted shape identical through a JSON round trip', async () => {
