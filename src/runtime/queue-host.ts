@@ -27,7 +27,7 @@ import {
 } from '../storage/types.js'
 import { parseRequestId } from '../storage/validation.js'
 import { requestRecord, writeFailure } from './request-services.js'
-import { describeRequest, type RequestView } from './views.js'
+import { copyView, describeRequest, type RequestView } from './views.js'
 
 /** What `ingest` resolves with. */
 export interface IngestResult {
@@ -538,7 +538,8 @@ export class QueueHost implements QueueHandle {
     if (rest.length > 0) this.waiters?.set(id, rest)
     else this.forget(id)
     // Rows kept from a write share objects with the request's context: each waiter gets a copy.
-    for (const w of ready) w.resolve(structuredClone(describeRequest(row)))
+    const view = describeRequest(row)
+    for (const w of ready) w.resolve(copyView(view))
   }
 
   /**

@@ -64,3 +64,17 @@ export function describeRequest(row: RequestRecord): RequestView {
     version: row.version,
   }
 }
+
+/**
+ * A copy of `view` that shares no object with it (its only nested members are the build
+ * summary and its projects; the rest are strings, numbers and null): views handed to
+ * callers are theirs to change, and rows kept from a write share objects with the
+ * request's context.
+ */
+export function copyView(view: RequestView): RequestView {
+  const { build } = view
+  return {
+    ...view,
+    build: build === null ? null : { ...build, projects: build.projects === null ? null : { ...build.projects } },
+  }
+}

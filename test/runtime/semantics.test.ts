@@ -206,6 +206,21 @@ describe('waitFor', () => {
   })
 })
 
+describe('waitFor views', () => {
+  it('gives each waiter a view of its own: changing one changes no other', async () => {
+    const outcome = () => ({ outcome: 'passed' as const, projects: { api: 'passed' as const }, log: 'ok\n' })
+    const w = await world({ builder: { durationMs: 1000, outcome } })
+    const main = await w.run(w.sp.queue('main', { ref: 'main', projects: ['api'] }))
+    w.sc.commit('main', 'a1')
+    const { id } = await w.run(main.ingest())
+    const [first, second] = await w.run(Promise.all([main.waitFor(id), main.waitFor(id)]))
+    expect(first.build?.projects).toEqual({ api: 'passed' })
+    if (first.build?.projects) first.build.projects.api = 'failed'
+    expect(second.build?.projects).toEqual({ api: 'passed' })
+    expect((await w.run(main.waitFor(id))).build?.projects).toEqual({ api: 'passed' })
+  })
+})
+
 describe('queue', () => {
   it('coalesces: with maxConcurrent 1, heads arriving during a build leave only the newest validated', async () => {
     const w = await world({ builder: { durationMs: 1000 } })
