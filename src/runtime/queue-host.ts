@@ -107,11 +107,7 @@ interface Waiter {
  * XState leaves undefined (`output`, `error`) are left out, as JSON would.
  */
 export function persistedWithoutChildren(actor: QueueActor, context: QueueContext): Json {
-  const persisted: Record<string, unknown> = {
-    ...queueMachine.getPersistedSnapshot({ ...actor.getSnapshot(), children: {} }),
-    context,
-    children: {},
-  }
+  const persisted: Record<string, unknown> = queueMachine.getPersistedSnapshot({ ...actor.getSnapshot(), context, children: {} })
   const snapshot: Record<string, Json> = {}
   for (const key of Object.keys(persisted)) if (persisted[key] !== undefined) snapshot[key] = persisted[key] as Json
   return snapshot

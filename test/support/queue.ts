@@ -28,16 +28,18 @@ export function startQueue(queue: typeof queueMachine, input: QueueInput, clock:
   }
 }
 
-/** The slots a queue holds: request id → lease expiry (epoch ms). */
-export function leases(context: Pick<QueueContext, 'requests'>): Record<string, number> {
-  const held: Record<string, number> = {}
-  for (const [id, r] of Object.entries(context.requests)) if (r.leaseUntil !== null) held[id] = r.leaseUntil
-  return held
+/** The requests of a queue that have `field` set: request id → its value (epoch ms). */
+function timesOf(context: Pick<QueueContext, 'requests'>, field: 'leaseUntil' | 'deadlineAt'): Record<string, number> {
+  const times: Record<string, number> = {}
+  for (const [id, r] of Object.entries(context.requests)) {
+    const at = r[field]
+    if (at !== null) times[id] = at
+  }
+  return times
 }
 
+/** The slots a queue holds: request id → lease expiry (epoch ms). */
+export const leases = (context: Pick<QueueContext, 'requests'>): Record<string, number> => timesOf(context, 'leaseUntil')
+
 /** The deadlines a queue has yet to tell: request id → deadline (epoch ms). */
-export function deadlines(context: Pick<QueueContext, 'requests'>): Record<string, number> {
-  const due: Record<string, number> = {}
-  for (const [id, r] of Object.entries(context.requests)) if (r.deadlineAt !== null) due[id] = r.deadlineAt
-  return due
-}
+export const deadlines = (context: Pick<QueueContext, 'requests'>): Record<string, number> => timesOf(context, 'deadlineAt')
