@@ -29,8 +29,9 @@
  *    delta / 10 000); a stateless source control, so no commit graph is counted. Bare
  *    XState figures alongside for reference (the same shapes, stub services), and the floor
  *    of one actor per request: minimal XState children (one state, no context) spawned 100
- *    to a parent actor, as requests are to their queue. Then the time `stop()` takes with
- *    the 10 000 requests in flight.
+ *    to a parent actor, as requests are to their queue; and the floor of one build's abort
+ *    signal: an AbortController whose signal has one `abort` listener (bare XState has
+ *    none). Then the time `stop()` takes with the 10 000 requests in flight.
  *    The script runs compiled by `tsc` (`npm run bench:runtime` builds `.bench-build/`
  *    first), as the package ships: under tsx, esbuild's `keepNames` gives every named
  *    closure a `name` property, which made an idle queue ~40 % heavier.
@@ -363,6 +364,29 @@ async function heapMinimalChild(): Promise<number> {
   return each
 }
 
+/**
+ * 2, the floor of one build's abort signal (in a child process too): an AbortController
+ * whose signal has one `abort` listener, as a builder honouring abort adds. Node builds
+ * the signal on first read, so the controller alone costs next to nothing.
+ */
+async function heapAbortSignal(): Promise<number> {
+  const kept: AbortController[] = []
+  const make = (): AbortController => {
+    const controller = new AbortController()
+    controller.signal.addEventListener('abort', () => {
+      kept.length = 0
+    })
+    return controller
+  }
+  make()
+  const before = await settledHeap()
+  for (let i = 0; i < BARE_HELD; i++) kept.push(make())
+  const each = ((await settledHeap()) - before) / BARE_HELD
+  if (kept.length !== BARE_HELD) throw new Error('the signals were not all kept')
+  progress(`heap: an AbortSignal with one listener, ${each.toFixed(0)} B each`)
+  return each
+}
+
 /** 2, bare XState (in a child process too). */
 async function heapBare(): Promise<HeapResult> {
   const bare = new BareSystem({ holdBuilds: true })
@@ -534,6 +558,7 @@ async function child(name: string | undefined, arg: string | undefined): Promise
   if (name === 'heap-ours' && arg !== undefined) result = await heapOurs(arg)
   else if (name === 'heap-bare') result = await heapBare()
   else if (name === 'heap-minimal-child') result = await heapMinimalChild()
+  else if (name === 'heap-abort-signal') result = await heapAbortSignal()
   else if (name === 'restart-ours' && arg !== undefined) result = await restartOurs(arg)
   else if (name === 'restart-baseline' && arg !== undefined) result = restartBaseline(arg)
   else throw new Error(`unknown child ${String(name)} ${String(arg)}`)
@@ -594,7 +619,7 @@ function reportLifecycles(lifecycles: Map<Case, LifecycleResults>, targets: Targ
   }
 }
 
-function reportHeap(heap: { ours: HeapResult; bare: HeapResult; minimalChild: number }, targets: Target[]): void {
+function reportHeap(heap: { ours: HeapResult; bare: HeapResult; minimalChild: number; abortSignal: number }, targets: Target[]): void {
   const held = HELD_QUEUES * HELD_PER_QUEUE
   console.log('')
   console.log(`heap (full GC, heapUsed delta per item)           ours        bare XState`)
@@ -605,6 +630,9 @@ function reportHeap(heap: { ours: HeapResult; bare: HeapResult; minimalChild: nu
     `per request in flight (${held} in building)   ${pad(heap.ours.inFlight.toFixed(0), 10)} B  ${pad(heap.bare.inFlight.toFixed(0), 10)} B`,
   )
   console.log(`floor: a minimal XState child, ${HELD_PER_QUEUE} to a parent actor       ${pad(heap.minimalChild.toFixed(0), 10)} B`)
+  console.log(`floor: an AbortSignal with one abort listener         ${pad(heap.abortSignal.toFixed(0), 10)} B`)
+  const rest = heap.ours.inFlight - heap.minimalChild - heap.abortSignal
+  console.log(`per request in flight beyond the two floors            ${pad(rest.toFixed(0), 10)} B`)
   if (heap.ours.stopMs !== undefined) console.log(`stop() with ${held} requests in flight: ${heap.ours.stopMs.toFixed(0)} ms`)
   targets.push({ name: 'heap per idle queue actor', value: heap.ours.idle, goal: 4096, atMost: true, unit: ' B' })
   targets.push({ name: 'heap per request in flight', value: heap.ours.inFlight, goal: 4096, atMost: true, unit: ' B' })
@@ -652,6 +680,7 @@ async function main(): Promise<void> {
           ours: inChild('heap-ours', dir) as HeapResult,
           bare: inChild('heap-bare') as HeapResult,
           minimalChild: inChild('heap-minimal-child') as number,
+          abortSignal: inChild('heap-abort-signal') as number,
         }
       : undefined
     const restart = PARTS.has('restart') ? await benchRestart(dir) : undefined
