@@ -484,7 +484,7 @@ async function restartOurs(filename: string): Promise<{ opened: number; resumed:
     // Request actors are children of their queue's actor.
     const queue = sp.system.get(`queue:${handle.name}`) as AnyActorRef | undefined
     const children = (queue?.getSnapshot() as { children?: Record<string, unknown> } | undefined)?.children ?? {}
-    for (const r of inFlight) if (r.state !== 'processing' || children[r.id] === undefined) missing++
+    for (const r of inFlight) if (r.state !== 'processing' || children[String(r.n)] === undefined) missing++
     missing += RESTART_PER_QUEUE - inFlight.length
   }
   if (missing > 0) throw new Error(`${missing} requests were not resumed`)

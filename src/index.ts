@@ -41,7 +41,7 @@ export type {
   WebhookBody,
   WebhookHookOptions,
 } from './hooks/index.js'
-export { newQueueContext, newRequestContext, queueMachine, requestMachine } from './machines/index.js'
+export { newQueueContext, newRequestContext, queueMachine, requestActorId, requestMachine } from './machines/index.js'
 export type { QueueConfig, QueueContext, RequestContext, RequestStep, Verdict } from './machines/index.js'
 export type { SourceControl, SourceControlProvider, SourceControlTarget } from './sourcecontrol/index.js'
 export type { BuildRequest, BuildResult, BuildRunner, Strategy } from './build/index.js'

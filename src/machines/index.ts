@@ -2,7 +2,7 @@
  * The statecharts: pure XState machines, side effects provided by the runtime.
  * @module
  */
-export { newQueueContext, nextDueAt, queueMachine } from './queue.js'
+export { newQueueContext, nextDueAt, queueMachine, requestActorId } from './queue.js'
 export type { InFlight, QueueActor, QueueConfig, QueueContext, QueueEvent, QueueInput, QueueLastGreen, QueueSnapshot } from './queue.js'
 export { BUILD_SERVICE, STEP_SERVICE, newRequestContext, requestMachine, stateOfStep } from './request.js'
 export type {

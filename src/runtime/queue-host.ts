@@ -10,7 +10,7 @@ import type { Logger } from 'pino'
 import type { Clock } from '../actors/clock.js'
 import type { Writer, WriterResult } from '../actors/writer.js'
 import type { LastGreenPayload, LastGreenRef } from '../hooks/types.js'
-import { queueMachine, type QueueActor, type QueueConfig, type QueueContext } from '../machines/queue.js'
+import { queueMachine, requestActorId, type QueueActor, type QueueConfig, type QueueContext } from '../machines/queue.js'
 import type { AnyActorRef } from 'xstate'
 import { newRequestContext } from '../machines/request.js'
 import type { SourceControl } from '../sourcecontrol/types.js'
@@ -201,7 +201,7 @@ export class QueueHost implements QueueHandle {
     const at = Math.max(0, Math.floor(this.deps.clock.now()))
     const { context, children } = this.actor.getSnapshot()
     for (const id of Object.keys(context.requests)) {
-      const request = children[id] as AnyActorRef | undefined
+      const request = children[requestActorId(id)] as AnyActorRef | undefined
       request?.send({ type: 'CANCEL', at })
     }
     this.rejectWaiters(this.failure)

@@ -26,6 +26,7 @@ import type { Hook, HookRetryOptions, LastGreenRef } from '../hooks/types.js'
 import {
   newQueueContext,
   queueMachine,
+  requestIdOf,
   type QueueActor,
   type QueueConfig,
   type QueueContext,
@@ -347,8 +348,8 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
         hosts.get(context.name)?.changed(context)
       },
       childFailed: ({ context, event }) => {
-        const id = event.type.slice('xstate.error.actor.'.length)
-        void salvage(context.name, id, (event as { error?: unknown }).error)
+        const n = Number(event.type.slice('xstate.error.actor.'.length))
+        void salvage(context.name, requestIdOf(context.name, n), (event as { error?: unknown }).error)
       },
     },
   })

@@ -7,11 +7,16 @@ import { world } from '../support/runtime.js'
 describe('inspection', () => {
   it("shows each request's transitions in the inspection stream", async () => {
     const seen = new Map<string, string[]>()
+    const actors = new Map<string, string>()
     const inspect = (event: InspectionEvent): void => {
       if (event.type !== '@xstate.snapshot') return
-      const id = (event.actorRef as unknown as { id: string }).id
-      if (!id.startsWith('request/')) return
-      const label = stepLabel((event.snapshot as unknown as { value: unknown }).value)
+      const snapshot = event.snapshot as unknown as { value: unknown; context?: { id?: unknown } }
+      const id = snapshot.context?.id
+      if (typeof id !== 'string' || !id.startsWith('request/')) return
+      // Which actor it is: a child of its queue's actor, named by the request's number.
+      const actor = event.actorRef as unknown as { id: string; _parent?: { id: string } }
+      actors.set(id, `${actor._parent?.id ?? '(no parent)'} > ${actor.id}`)
+      const label = stepLabel(snapshot.value)
       const labels = seen.get(id) ?? []
       if (label !== undefined && labels.at(-1) !== label) labels.push(label)
       seen.set(id, labels)
@@ -25,6 +30,8 @@ describe('inspection', () => {
     const lifecycle = ['accepted', 'processing.planning', 'processing.building', 'processing.recording', 'recorded']
     expect(seen.get('request/main/1')).toEqual(lifecycle)
     expect(seen.get('request/main/2')).toEqual(lifecycle)
+    expect(actors.get('request/main/1')).toBe('queue:main > 1')
+    expect(actors.get('request/main/2')).toBe('queue:main > 2')
   })
 
   it('keeps working when the inspect observer throws', async () => {
