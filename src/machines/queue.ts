@@ -148,7 +148,7 @@ const requestIdOf = (name: string, n: number): string => `request/${name}/${n}`
  * copies a parent's `children` record on every spawn and stop. V8 keeps integer-like keys
  * (up to 2^32 − 2) as elements, which copy as an array does, while keys like
  * `request/main/17` are named properties: each new one takes a hidden class of its own, and
- * each copy rebuilds them (12–15 % of the runtime's CPU per lifecycle, measured side by side).
+ * each copy rebuilds them (12–19 % of the runtime's CPU per lifecycle, measured side by side).
  */
 export function requestActorId(id: string): string {
   return id.slice(id.lastIndexOf('/') + 1)
