@@ -61,7 +61,7 @@ import Database from 'better-sqlite3'
 import { createActor, enqueueActions, setup, type AnyActorRef } from 'xstate'
 import { createFakeBuilder } from '../src/build/fake.js'
 import { createStovepipe, type QueueHandle, type Storage, type Stovepipe, type WriteOp } from '../src/index.js'
-import type { RequestContext } from '../src/machines/index.js'
+import { requestActorId, type RequestContext } from '../src/machines/index.js'
 import { openSqliteStorage } from '../src/storage/sqlite/index.js'
 import { COMMIT_PREPARED, type MaybePreparedCommitter } from '../src/storage/facade.js'
 import type { PreparedOp } from '../src/storage/validation.js'
@@ -371,10 +371,11 @@ async function heapMinimalChild(): Promise<number> {
  */
 async function heapAbortSignal(): Promise<number> {
   const kept: AbortController[] = []
+  let aborted = 0
   const make = (): AbortController => {
     const controller = new AbortController()
     controller.signal.addEventListener('abort', () => {
-      kept.length = 0
+      aborted++
     })
     return controller
   }
@@ -382,7 +383,7 @@ async function heapAbortSignal(): Promise<number> {
   const before = await settledHeap()
   for (let i = 0; i < BARE_HELD; i++) kept.push(make())
   const each = ((await settledHeap()) - before) / BARE_HELD
-  if (kept.length !== BARE_HELD) throw new Error('the signals were not all kept')
+  if (kept.length !== BARE_HELD || aborted !== 0) throw new Error('the signals were not all kept, unaborted')
   progress(`heap: an AbortSignal with one listener, ${each.toFixed(0)} B each`)
   return each
 }
@@ -484,7 +485,7 @@ async function restartOurs(filename: string): Promise<{ opened: number; resumed:
     // Request actors are children of their queue's actor.
     const queue = sp.system.get(`queue:${handle.name}`) as AnyActorRef | undefined
     const children = (queue?.getSnapshot() as { children?: Record<string, unknown> } | undefined)?.children ?? {}
-    for (const r of inFlight) if (r.state !== 'processing' || children[String(r.n)] === undefined) missing++
+    for (const r of inFlight) if (r.state !== 'processing' || children[requestActorId(r.id)] === undefined) missing++
     missing += RESTART_PER_QUEUE - inFlight.length
   }
   if (missing > 0) throw new Error(`${missing} requests were not resumed`)
