@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest'
 import { SimulatedClock, createActor, fromCallback, setup, type AnyActorLogic } from 'xstate'
-import { queueMachine, type QueueContext } from '../../src/machines/queue.js'
+import { queueMachine, requestActorId, type QueueContext } from '../../src/machines/queue.js'
 import {
   BUILD_SERVICE,
   STEP_SERVICE,
@@ -330,5 +330,20 @@ describe('queue machine', () => {
     expect(stats.superseded).toBe(1)
     expect(events).toContainEqual({ id: 'request/main/2', type: 'SUPERSEDE' })
     expect(events).not.toContainEqual({ id: 'request/main/3', type: 'SUPERSEDE' })
+  })
+
+  it("names each request's actor by its number among the queue's children, and stops it when it ends", () => {
+    const events: { id: string; type: string }[] = []
+    const { actor } = stuckQueue(events)
+    for (const n of [1, 2]) {
+      actor.send({ type: 'request.accepted', id: `request/main/${n}`, n, uri: `fake://a${n}`, version: 0, createdAt: 0, at: 0 })
+    }
+    expect(requestActorId('request/main/17')).toBe('17')
+    expect(Object.keys(actor.getSnapshot().children).sort()).toEqual(['1', '2'])
+    // Events for a request reach its actor by that name (START went to 1, which holds the slot).
+    expect(events).toContainEqual({ id: 'request/main/1', type: 'START' })
+    actor.send({ type: 'request.ended', id: 'request/main/1', n: 1, state: 'cancelled', at: 0 })
+    expect(Object.keys(actor.getSnapshot().children)).toEqual(['2'])
+    expect(events).toContainEqual({ id: 'request/main/2', type: 'START' })
   })
 })
