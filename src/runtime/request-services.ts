@@ -325,6 +325,23 @@ export function stepAnswer(work: StepWorkers, event: StepServiceEvent): Promise<
 type BuildAnswer = Extract<RequestEvent, { type: 'build.done' | 'build.failed' }>
 
 /**
+ * One build in flight: which request, where to answer and how to abort it, in one object.
+ * (The service's steps are plain functions of it rather than closures per build, and it
+ * keeps the request's id and URI rather than its context: a build can run for an hour, and
+ * every object it keeps alive costs heap per request in flight.)
+ */
+class RunningBuild {
+  readonly controller = new AbortController()
+  /** The version the build step was persisted at (null until it is). */
+  version: number | null = null
+  constructor(
+    readonly id: string,
+    readonly uri: string,
+    readonly reply: AnyActorRef,
+  ) {}
+}
+
+/**
  * The build service (system id `BUILD_SERVICE`): for each `build.start`, persists the
  * request at `processing.building` (acknowledged before the build starts), runs the build,
  * and answers the request with `build.done` or `build.failed`; aborts a build on
@@ -333,70 +350,77 @@ type BuildAnswer = Extract<RequestEvent, { type: 'build.done' | 'build.failed' }
  */
 export function buildService(deps: RequestServiceDeps) {
   return fromCallback<BuildServiceEvent>(({ receive }) => {
-    const running = new Map<string, AbortController>()
-    const answer = (id: string, controller: AbortController, reply: AnyActorRef, event: BuildAnswer): void => {
-      if (running.get(id) !== controller) return // aborted or superseded by a newer attempt
-      running.delete(id)
-      reply.send(event)
+    const running = new Map<string, RunningBuild>()
+    /** Answers the request, unless the build was aborted or replaced by a newer attempt. */
+    const answer = (build: RunningBuild, event: BuildAnswer): void => {
+      if (running.get(build.id) !== build) return
+      running.delete(build.id)
+      build.reply.send(event)
+    }
+    const failed = (build: RunningBuild, error: unknown): void => {
+      if (!build.controller.signal.aborted) answer(build, { type: 'build.failed', error, version: build.version })
+    }
+    const built = (build: RunningBuild, result: BuildResult): void => {
+      if (result.outcome === 'error') {
+        const tail = result.log === undefined ? '' : `: ${result.log.slice(-500)}`
+        failed(build, new UnavailableError(`build infrastructure failed for ${build.uri}${tail}`))
+      } else answer(build, { type: 'build.done', result, version: build.version as number })
+    }
+    const run = (build: RunningBuild, context: RequestContext, version: number): void => {
+      build.version = version
+      if (build.controller.signal.aborted) return
+      let building: Promise<BuildResult>
+      try {
+        building = deps.builder.run({
+          queue: context.queue,
+          requestId: context.id,
+          uri: context.uri,
+          strategy: context.strategy ?? 'full',
+          ...(context.baseline === null ? {} : { baseline: context.baseline }),
+          ...(context.projects === null ? {} : { projects: context.projects }),
+          signal: build.controller.signal,
+          clock: deps.clock,
+        })
+      } catch (error) {
+        failed(build, error)
+        return
+      }
+      // Promise callbacks rather than an async function: a suspended async function keeps
+      // a generator and its registers for as long as the build runs.
+      building.then(
+        (result) => {
+          built(build, result)
+        },
+        (error: unknown) => {
+          failed(build, error)
+        },
+      )
     }
     const start = (context: RequestContext, reply: AnyActorRef, resumed: boolean): void => {
-      running.get(context.id)?.abort()
-      const controller = new AbortController()
-      running.set(context.id, controller)
-      // Promise callbacks rather than an async function: a build can run for an hour, and a
-      // suspended async function keeps a generator and its registers for as long.
-      const failed = (error: unknown, version: number | null): void => {
-        if (!controller.signal.aborted) answer(context.id, controller, reply, { type: 'build.failed', error, version })
-      }
-      const built = (result: BuildResult, version: number): void => {
-        if (result.outcome === 'error') {
-          const tail = result.log === undefined ? '' : `: ${result.log.slice(-500)}`
-          failed(new UnavailableError(`build infrastructure failed for ${context.uri}${tail}`), version)
-        } else answer(context.id, controller, reply, { type: 'build.done', result, version })
-      }
-      const run = (version: number): void => {
-        if (controller.signal.aborted) return
-        let building: Promise<BuildResult>
-        try {
-          building = deps.builder.run({
-            queue: context.queue,
-            requestId: context.id,
-            uri: context.uri,
-            strategy: context.strategy ?? 'full',
-            ...(context.baseline === null ? {} : { baseline: context.baseline }),
-            ...(context.projects === null ? {} : { projects: context.projects }),
-            signal: controller.signal,
-            clock: deps.clock,
-          })
-        } catch (error) {
-          failed(error, version)
-          return
-        }
-        building.then(
-          (result) => {
-            built(result, version)
-          },
-          (error: unknown) => {
-            failed(error, version)
-          },
-        )
-      }
+      running.get(context.id)?.controller.abort()
+      const build = new RunningBuild(context.id, context.uri, reply)
+      running.set(context.id, build)
       // A resumed request's row is already at the build step: build at once (after this
       // message, like any build: never inside the service's own step).
       const stored = resumed ? Promise.resolve(context.version) : persistStep(deps, context, 'processing.building', 'processing')
-      stored.then(run, (error: unknown) => {
-        failed(error, null)
-      })
+      stored.then(
+        (version) => {
+          run(build, context, version)
+        },
+        (error: unknown) => {
+          failed(build, error)
+        },
+      )
     }
     receive((event) => {
       if (event.type === 'build.start') start(event.context, event.reply, event.resumed)
       else {
-        running.get(event.id)?.abort()
+        running.get(event.id)?.controller.abort()
         running.delete(event.id)
       }
     })
     return () => {
-      for (const controller of running.values()) controller.abort()
+      for (const build of running.values()) build.controller.abort()
       running.clear()
     }
   })
