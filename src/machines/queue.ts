@@ -213,25 +213,31 @@ export const queueMachine = setup({
       if (event.type !== 'resume') return
       const newest = Math.max(0, ...event.requests.filter((r) => r.step === 'accepted').map((r) => r.n))
       const requests = copyOf(context.requests)
-      let superseded = 0
+      const superseding: string[] = []
       for (const resumed of event.requests) {
-        enqueue.spawnChild('request', { id: requestActorId(resumed.id), input: { kind: 'resume', context: resumed } })
         const state = resumed.step === 'accepted' ? (resumed.n < newest ? 'superseding' : 'accepted') : 'processing'
         // Deadlines are stored as absolute times (one that passed while the runtime was down
         // fires at once), and a request in processing holds its slot, leased as when it started.
         const deadlineAt = state === 'processing' ? resumed.deadlineAt : null
         const leaseUntil = deadlineAt === null ? null : deadlineAt + context.config.leaseGraceMs
         requests[resumed.id] = { n: resumed.n, uri: resumed.uri, state, leaseUntil, deadlineAt }
-        if (state === 'superseding') {
-          enqueue.sendTo(requestActorId(resumed.id), { type: 'SUPERSEDE', by: requestIdOf(context.name, newest), at: event.at })
-          superseded++
-        }
+        if (state === 'superseding') superseding.push(resumed.id)
       }
-      enqueue.assign({
-        requests,
-        dueAt: nextDueAt(requests),
-        stats: { ...context.stats, superseded: context.stats.superseded + superseded },
+      // Spawned inside one assign rather than by one spawnChild action each: XState copies the
+      // children record once per spawnChild but once per assign, so a queue resuming k
+      // requests made k copies of up to k children (quadratic) where it now makes one.
+      enqueue.assign(({ spawn }) => {
+        for (const resumed of event.requests)
+          spawn('request', { id: requestActorId(resumed.id), input: { kind: 'resume', context: resumed } })
+        return {
+          requests,
+          dueAt: nextDueAt(requests),
+          stats: { ...context.stats, superseded: context.stats.superseded + superseding.length },
+        }
       })
+      for (const id of superseding) {
+        enqueue.sendTo(requestActorId(id), { type: 'SUPERSEDE', by: requestIdOf(context.name, newest), at: event.at })
+      }
     }),
     accept: enqueueActions(({ enqueue, context, event }) => {
       if (event.type !== 'request.accepted' || context.requests[event.id] !== undefined) return
