@@ -3,6 +3,7 @@
  * services, no persistence), a builder that holds every build until the runtime stops, a
  * stateless source control, request rows in the shape the runtime writes, and heap probes.
  */
+import { PerformanceObserver, type PerformanceEntry } from 'node:perf_hooks'
 import { createActor, enqueueActions, fromCallback, setup, type AnyActorRef } from 'xstate'
 import { TIMER_SERVICE, timerService } from '../src/actors/timer-service.js'
 import {
@@ -277,6 +278,34 @@ export function shapeOf(value: unknown, prefix = ''): string[] {
   return Object.entries(value as Record<string, unknown>)
     .flatMap(([key, inner]) => shapeOf(inner, prefix === '' ? key : `${prefix}.${key}`))
     .sort()
+}
+
+/**
+ * Sums the time V8's collector paused the main thread (the `gc` performance entries that
+ * start after the call) until `stop()` is called; `stop()` resolves to milliseconds. Used to
+ * show how much of a lifecycle goes to collecting garbage, which grows with the lifecycles
+ * in flight (more young objects survive each scavenge).
+ */
+export function gcMeter(): { stop(): Promise<number> } {
+  const since = performance.now()
+  let ms = 0
+  const add = (entries: readonly PerformanceEntry[]): void => {
+    for (const entry of entries) if (entry.startTime >= since) ms += entry.duration
+  }
+  const observer = new PerformanceObserver((list) => {
+    add(list.getEntries())
+  })
+  observer.observe({ entryTypes: ['gc'] })
+  return {
+    stop: async () => {
+      // V8 reports a collection to observers from a task of its own: a run made only of
+      // promise jobs has had none, so let those tasks run before taking what is left.
+      for (let i = 0; i < 3; i++) await new Promise((resolve) => setImmediate(resolve))
+      add(observer.takeRecords())
+      observer.disconnect()
+      return ms
+    },
+  }
 }
 
 /** Forces full collections and returns the heap in use, in bytes. Needs `--expose-gc`. */

@@ -23,6 +23,10 @@
  *        own `storage.commit`, i.e. its own SQLite transaction, committed as soon as the
  *        event loop turns: the same transitions and rows without group commit. Run with
  *        synchronous FULL and NORMAL, each against ours (default writer) in the same mode.
+ *    Each case also reports what ours' commits take per lifecycle (the storage call, timed
+ *    on the call) and what garbage collection takes per lifecycle (V8's `gc` performance
+ *    entries during the case), for ours and bare XState: the figures that say where a
+ *    lifecycle's time goes when a ratio is short.
  * 2. heap per idle queue actor (open 1000 queues, full GC, heapUsed delta / 1000) and per
  *    request in flight (10 000 requests held in `building` by a builder that only ends on
  *    abort, over 100 queues of maxConcurrent 100, writer and event log drained, full GC,
@@ -70,6 +74,7 @@ import {
   buildingRow,
   createHeldBuilder,
   createStatelessSourceControl,
+  gcMeter,
   progress,
   queueConfig,
   settledHeap,
@@ -120,6 +125,8 @@ interface Run {
   opsPerCommit?: number
   /** Milliseconds spent in storage commits per lifecycle (runtime runs only). */
   commitMs?: number
+  /** Milliseconds of garbage collection per lifecycle. */
+  gcMs: number
 }
 
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i)
@@ -133,6 +140,7 @@ async function drained(sp: Stovepipe): Promise<void> {
 /** Each client of each queue loops ingest → recorded until the deadline (at least once); returns lifecycles/s. */
 async function loopQueues(c: Case, ms: number, lifecycle: (queue: number) => Promise<void>): Promise<Run> {
   let count = 0
+  const gc = gcMeter()
   const start = performance.now()
   const deadline = start + ms
   await Promise.all(
@@ -144,7 +152,7 @@ async function loopQueues(c: Case, ms: number, lifecycle: (queue: number) => Pro
     }),
   )
   const elapsed = since(start)
-  return { rate: count / (elapsed / 1000), count, ms: elapsed }
+  return { rate: count / (elapsed / 1000), count, ms: elapsed, gcMs: (await gc.stop()) / count }
 }
 
 /** 1b. Our runtime (default writer, or the naive one-op-per-transaction writer) on a fresh SQLite file. */
@@ -236,6 +244,7 @@ interface LifecycleResults {
   rate: Record<Variant, number>
   opsPerCommit: Record<Variant, number>
   commitMs: Record<Variant, number>
+  gcMs: Record<Variant, number>
 }
 
 async function runVariant(dir: string, variant: Variant, c: Case, ms: number): Promise<Run> {
@@ -258,7 +267,7 @@ async function benchLifecycles(dir: string): Promise<Map<Case, LifecycleResults>
         const run = await runVariant(dir, variant, c, SECONDS * 1000)
         runs.get(variant)?.push(run)
         progress(
-          `${c.label}, round ${round + 1}: ${variant} ${run.rate.toFixed(0)}/s (${run.count} in ${run.ms.toFixed(0)} ms${run.opsPerCommit === undefined ? '' : `, ${run.opsPerCommit.toFixed(1)} ops/commit`})`,
+          `${c.label}, round ${round + 1}: ${variant} ${run.rate.toFixed(0)}/s (${run.count} in ${run.ms.toFixed(0)} ms${run.opsPerCommit === undefined ? '' : `, ${run.opsPerCommit.toFixed(1)} ops/commit`}, GC ${(run.gcMs * 1000).toFixed(0)} µs each)`,
         )
       }
     }
@@ -268,6 +277,7 @@ async function benchLifecycles(dir: string): Promise<Map<Case, LifecycleResults>
       rate: pick((r) => r.rate),
       opsPerCommit: pick((r) => r.opsPerCommit ?? Number.NaN),
       commitMs: pick((r) => r.commitMs ?? Number.NaN),
+      gcMs: pick((r) => r.gcMs),
     })
   }
   return results
@@ -588,6 +598,8 @@ function reportLifecycles(lifecycles: Map<Case, LifecycleResults>, targets: Targ
   }
   for (const sync of ['NORMAL', 'FULL'] as const) row(`ops per commit, ours ${sync}`, (r) => r.opsPerCommit[`ours-${sync}`], 1)
   for (const sync of ['NORMAL', 'FULL'] as const) row(`commit ms per lifecycle, ours ${sync}`, (r) => r.commitMs[`ours-${sync}`], 3)
+  row('GC ms per lifecycle, bare XState', (r) => r.gcMs.bare, 3)
+  for (const sync of ['NORMAL', 'FULL'] as const) row(`GC ms per lifecycle, ours ${sync}`, (r) => r.gcMs[`ours-${sync}`], 3)
   // What 8× naive FULL leaves per lifecycle, next to what bare XState alone spends and what
   // our commits alone take: when the first is below the sum of the other two, no runtime
   // running these machines on this storage can meet the goal.
