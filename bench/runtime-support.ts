@@ -282,15 +282,16 @@ export function shapeOf(value: unknown, prefix = ''): string[] {
 
 /**
  * Sums the time V8's collector paused the main thread (the `gc` performance entries that
- * start after the call) until `stop()` is called; `stop()` resolves to milliseconds. Used to
+ * start between the call and `stop()`); `stop()` resolves to milliseconds. Used to
  * show how much of a lifecycle goes to collecting garbage, which grows with the lifecycles
  * in flight (more young objects survive each scavenge).
  */
 export function gcMeter(): { stop(): Promise<number> } {
   const since = performance.now()
+  let until = Number.POSITIVE_INFINITY
   let ms = 0
   const add = (entries: readonly PerformanceEntry[]): void => {
-    for (const entry of entries) if (entry.startTime >= since) ms += entry.duration
+    for (const entry of entries) if (entry.startTime >= since && entry.startTime < until) ms += entry.duration
   }
   const observer = new PerformanceObserver((list) => {
     add(list.getEntries())
@@ -298,6 +299,7 @@ export function gcMeter(): { stop(): Promise<number> } {
   observer.observe({ entryTypes: ['gc'] })
   return {
     stop: async () => {
+      until = performance.now()
       // V8 reports a collection to observers from a task of its own: a run made only of
       // promise jobs has had none, so let those tasks run before taking what is left.
       for (let i = 0; i < 3; i++) await new Promise((resolve) => setImmediate(resolve))
