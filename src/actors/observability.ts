@@ -29,6 +29,49 @@ export function gauge(registry: Registry, name: string, help: string, labelNames
   return reuse(registry, name, () => new Gauge({ name, help, labelNames, registers: [registry] }))
 }
 
+/** What each {@link sampledGauge} runs when its registry is read. */
+const samplers = new WeakMap<Gauge, Set<() => void>>()
+
+/**
+ * A gauge registered once per registry whose values are taken when the registry is read
+ * (prom-client's `collect`), not pushed on every change: each instance adds a sampler that
+ * sets its own labelled value, so a hot path never calls prom-client (which hashes the
+ * labels on every `set`), and a scrape always sees the current value. `sample` returns the
+ * function that removes the sampler (the last value set stays).
+ */
+export function sampledGauge(
+  registry: Registry,
+  name: string,
+  help: string,
+  labelNames: LabelNames,
+): { gauge: Gauge; sample: (sampler: () => void) => () => void } {
+  const made = reuse(
+    registry,
+    name,
+    () =>
+      new Gauge({
+        name,
+        help,
+        labelNames,
+        registers: [registry],
+        collect() {
+          for (const sampler of samplers.get(this) ?? []) sampler()
+        },
+      }),
+  )
+  return {
+    gauge: made,
+    sample: (sampler) => {
+      let set = samplers.get(made)
+      if (set === undefined) samplers.set(made, (set = new Set()))
+      set.add(sampler)
+      return () => {
+        set.delete(sampler)
+      }
+    },
+  }
+}
+
 /** A histogram registered once per registry. */
 export function histogram(registry: Registry, name: string, help: string, labelNames: LabelNames, buckets: number[]): Histogram {
   return reuse(registry, name, () => new Histogram({ name, help, labelNames, buckets, registers: [registry] }))

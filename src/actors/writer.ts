@@ -35,7 +35,7 @@ import type { DeadLetter, Json, Storage, WriteOp, WriteResult } from '../storage
 import { COMMIT_PREPARED, type MaybePreparedCommitter } from '../storage/facade.js'
 import { prepareOps, type PreparedOp } from '../storage/validation.js'
 import { backoffDelay, sleep, systemClock, type Clock } from './clock.js'
-import { counter, gauge, histogram, silentLogger } from './observability.js'
+import { counter, histogram, sampledGauge, silentLogger } from './observability.js'
 
 /** Retry policy for transient storage failures. */
 export interface RetryOptions {
@@ -256,6 +256,8 @@ class GroupCommitWriter implements Writer {
   private readonly random: () => number
   private readonly maxUnpersisted: number
   private readonly metrics: Metrics
+  /** Removes this writer's sampler of the pending gauge (at stop). */
+  private readonly unsample: () => void
 
   private readonly queue = new EntryQueue()
   private readonly waiters: Waiter[] = []
@@ -289,8 +291,17 @@ class GroupCommitWriter implements Writer {
       throw new InvalidInputError(`writer name must match [A-Za-z0-9._-]{1,64}, got ${this.name}`)
     this.registry = options.registry ?? new Registry()
     const labels = ['writer']
+    const pending = sampledGauge(
+      this.registry,
+      'stovepipe_writer_pending_ops',
+      'Ops accepted and not yet committed or dead-lettered',
+      labels,
+    )
+    this.unsample = pending.sample(() => {
+      pending.gauge.set({ writer: this.name }, this.pendingCount)
+    })
     this.metrics = {
-      pending: gauge(this.registry, 'stovepipe_writer_pending_ops', 'Ops accepted and not yet committed or dead-lettered', labels),
+      pending: pending.gauge,
       batchSize: histogram(
         this.registry,
         'stovepipe_writer_batch_size',
@@ -349,7 +360,6 @@ class GroupCommitWriter implements Writer {
         this.queue.push({ op, prepared: prepared[index] as PreparedOp, job, index })
       })
       this.counts.accepted += ops.length
-      this.metrics.pending.set({ writer: this.name }, this.pendingCount)
       this.kick()
     })
   }
@@ -420,6 +430,7 @@ class GroupCommitWriter implements Writer {
             results[i] ?? { status: 'dead_lettered', error: { code: 'STORAGE_FAILED', message: 'storage returned no result for this op' } },
           )
         })
+        this.admitWaiters() // once per batch, not once per op
         this.counts.committed += entries.length
         this.metrics.committed.inc({ writer: this.name }, entries.length)
         return
@@ -458,14 +469,13 @@ class GroupCommitWriter implements Writer {
     return fast === undefined ? this.storage.commit(entries.map((e) => e.op)) : fast(entries.map((e) => e.prepared))
   }
 
+  /** Settles one entry; the caller admits waiting writes once the batch is done. */
   private finish(entry: Entry, result: WriterResult): void {
     const { job } = entry
     job.results[entry.index] = result
     job.remaining--
     if (job.remaining === 0) job.resolve(job.results)
     this.pendingCount--
-    this.metrics.pending.set({ writer: this.name }, this.pendingCount)
-    this.admitWaiters()
   }
 
   private admitWaiters(): void {
@@ -489,6 +499,7 @@ class GroupCommitWriter implements Writer {
       this.metrics.deadLetters.inc({ writer: this.name })
       this.finish(entry, { status: 'dead_lettered', error: described })
     }
+    this.admitWaiters() // once per batch, not once per op
   }
 
   private letterFor(op: WriteOp, error: { code: string; message: string }, attempts: number): DeadLetter {
@@ -547,6 +558,9 @@ class GroupCommitWriter implements Writer {
       timedOut: this.deadlinePassed,
       unpersisted: [...this.unpersisted],
     }
+    // The gauge keeps its last value (nothing pending, or what the deadline left) once stopped.
+    this.metrics.pending.set({ writer: this.name }, this.pendingCount)
+    this.unsample()
     this.logger.info({ ...report, unpersisted: report.unpersisted.length }, 'writer stopped')
     return report
   }

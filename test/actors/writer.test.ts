@@ -1,4 +1,5 @@
 /** The group-commit writer, example by example, on a simulated clock. */
+import { Registry } from 'prom-client'
 import { SimulatedClock } from 'xstate'
 import { describe, expect, it } from 'vitest'
 import { createWriter, EntryQueue, type Entry, type WriterResult } from '../../src/actors/writer.js'
@@ -200,6 +201,36 @@ describe('writer', () => {
     expect(text).toMatch(/stovepipe_writer_batch_size_count\{writer="w"\} \d+/)
     expect(text).toMatch(/stovepipe_writer_flush_seconds_count\{writer="w"\} \d+/)
     expect(text).toContain('stovepipe_writer_retries_total{writer="w"} 0')
+  })
+
+  it('reports each writer of a shared registry its pending ops as of the scrape, and keeps the last value once stopped', async () => {
+    const clock = new SimulatedClock()
+    const registry = new Registry()
+    const storage = createFaultyStorage(createMemoryStorage(), { clock })
+    const a = createWriter({ storage, clock, registry, name: 'a' })
+    const b = createWriter({ storage, clock, registry, name: 'b' })
+    const pending = async (name: string): Promise<number | undefined> =>
+      (await registry.getSingleMetric('stovepipe_writer_pending_ops')?.get())?.values.find((v) => v.labels.writer === name)?.value
+    storage.faults.down = true
+    const writes = [track(a.write([create(1), create(2), create(3)])), track(b.write([create(4)]))]
+    await settle()
+    expect(await pending('a')).toBe(3)
+    expect(await pending('b')).toBe(1)
+    storage.faults.down = false
+    await driveUntil(clock, () => writes.every((w) => w.settled), { stepMs: 50 })
+    expect(await pending('a')).toBe(0)
+    expect(await pending('b')).toBe(0)
+    // Stopped with an op left: the deadline dead-letters it; the gauge keeps what stop left (0).
+    storage.faults.down = true
+    const last = track(a.write([create(5)]))
+    await settle()
+    expect(await pending('a')).toBe(1)
+    const stopped = track(a.stop({ deadlineMs: 100 }))
+    await driveUntil(clock, () => stopped.settled && last.settled, { stepMs: 50 })
+    expect(last.value?.map((r) => r.status)).toEqual(['dead_lettered'])
+    expect(await pending('a')).toBe(0)
+    expect(await pending('b')).toBe(0)
+    await b.stop()
   })
 })
 
