@@ -45,7 +45,7 @@ export { newQueueContext, newRequestContext, queueMachine, requestActorId, reque
 export type { QueueConfig, QueueContext, RequestContext, RequestStep, Verdict } from './machines/index.js'
 export type { SourceControl, SourceControlProvider, SourceControlTarget } from './sourcecontrol/index.js'
 export type { BuildRequest, BuildResult, BuildRunner, Strategy } from './build/index.js'
-export { createEventLog, createWriter, eventLogActor, renderEntry, systemClock } from './actors/index.js'
+export { createEventLog, createWriter, EventLogConflictError, eventLogActor, renderEntry, systemClock } from './actors/index.js'
 export type {
   Clock,
   DrainReport,

@@ -20,11 +20,12 @@
  *
  * @module
  */
+import { isDeepStrictEqual } from 'node:util'
 import { EventEmitter } from 'eventemitter3'
 import type { Logger } from 'pino'
 import { Registry, type Counter, type Gauge } from 'prom-client'
 import { fromCallback, type CallbackActorLogic, type EventObject } from 'xstate'
-import { InvalidInputError, StoppedError, StovepipeError, isRetryable } from '../storage/errors.js'
+import { AlreadyExistsError, InvalidInputError, StoppedError, StovepipeError, isRetryable } from '../storage/errors.js'
 import type { EventRow, Json, Storage, WriteOp } from '../storage/types.js'
 import { assertNodeId, assertQueueName, parseRequestId, toJsonText, type PreparedEvent, type PreparedOp } from '../storage/validation.js'
 import { backoffDelay, sleep, systemClock, type Clock } from './clock.js'
@@ -145,13 +146,22 @@ export interface EventLog {
   flush(): Promise<void>
   /** Refuses new events, flushes within `deadlineMs` (default 10 000), stops subscribers. */
   stop(options?: { deadlineMs?: number }): Promise<EventLogStopReport>
+  /**
+   * Calls `listener` if the log fails: it found another process's row at one of its seqs
+   * ({@link EventLogConflictError}; two processes share a nodeId). A failed log refuses
+   * every event not yet durable and takes no more. Returns the function that removes the listener.
+   */
+  onFailure(listener: (error: Error) => void): () => void
   stats(): EventLogStats
   readonly registry: Registry
 }
 
+/** How an `append` hears its outcome: the row holding it is durable (a gap row when it was dropped), or the log failed. */
+type Ack = (outcome: { seq: number; gap: { fromId: number; toId: number } | undefined } | { error: Error }) => void
+
 type Pending =
-  | { kind: 'event'; id: number; at: number; payload: Json; payloadJson: string; acks: ((seq: number) => void)[] }
-  | { kind: 'gap'; fromId: number; toId: number; at: number; acks: ((seq: number) => void)[] }
+  | { kind: 'event'; id: number; at: number; payload: Json; payloadJson: string; acks: Ack[] }
+  | { kind: 'gap'; fromId: number; toId: number; at: number; acks: Ack[] }
 
 /** An event waiting for room (policy `block`), or being admitted. */
 interface Blocked {
@@ -167,8 +177,21 @@ interface Outgoing {
   row: EventRow
   /** The row as the writer commits it (validated here, so not again). */
   prepared: PreparedEvent
-  acks: ((seq: number) => void)[]
+  acks: Ack[]
   failures: number
+}
+
+/**
+ * The log found a row it did not write at one of its seqs: another process writes the same
+ * node's log (each process needs its own `nodeId` on shared storage). The log stops.
+ */
+export class EventLogConflictError extends AlreadyExistsError {}
+
+/** Whether a stored row is the one this log wrote (payloads compared as JSON values: a backend may reorder keys). */
+function sameRow(stored: EventRow, ours: EventRow): boolean {
+  if (stored.kind !== ours.kind || stored.seq !== ours.seq || stored.at !== ours.at) return false
+  if (stored.kind === 'gap' || ours.kind === 'gap') return firstId(stored) === firstId(ours) && lastId(stored) === lastId(ours)
+  return stored.id === ours.id && isDeepStrictEqual(stored.payload, ours.payload)
 }
 
 const noop = (): void => undefined
@@ -378,7 +401,7 @@ class LagAwareEventLog implements EventLog {
   private readonly logger: Logger
   private readonly random: () => number
   private readonly metrics: Metrics
-  private readonly emitter = new EventEmitter<{ row: [EventRow] }>()
+  private readonly emitter = new EventEmitter<{ row: [EventRow]; failed: [Error] }>()
   private readonly subscribers = new Set<Subscriber>()
 
   private nextId: number
@@ -389,6 +412,10 @@ class LagAwareEventLog implements EventLog {
   private bufferedEvents = 0
   private readonly blocked: Blocked[] = []
   private retryRows: Outgoing[] = []
+  /** A batch was refused deterministically: its rows go one at a time until all are stored. */
+  private isolating = false
+  /** Why the log stopped taking events (another process writes this node's log), if it did. */
+  private failure: Error | undefined
   private inFlight = false
   private retrySleep: { cancel: () => void } | undefined
   private stopping = false
@@ -451,6 +478,7 @@ class LagAwareEventLog implements EventLog {
   }
 
   send(event: TransitionEvent): void {
+    if (this.failure !== undefined) throw this.failure
     if (this.stopping) throw new StoppedError(`event log ${this.nodeId} is stopped`)
     const valid = this.validate(event)
     this.enqueue({ at: event.at, ...valid, resolve: noop, reject: this.logRejection })
@@ -458,6 +486,7 @@ class LagAwareEventLog implements EventLog {
 
   append(event: TransitionEvent): Promise<EventAck> {
     try {
+      if (this.failure !== undefined) throw this.failure
       if (this.stopping) throw new StoppedError(`event log ${this.nodeId} is stopped`)
       const valid = this.validate(event)
       return new Promise<EventAck>((resolve, reject) => {
@@ -488,18 +517,20 @@ class LagAwareEventLog implements EventLog {
   }
 
   /** Assigns the next id and buffers the event, or folds it into a gap when the buffer is full. */
-  private admit({ at, payload, payloadJson, resolve }: Blocked): void {
+  private admit({ at, payload, payloadJson, resolve, reject }: Blocked): void {
     const id = this.nextId++
     this.counts.sent++
+    // `send` wants no answer; an `append` hears of the row that holds its id (its own, or a gap).
+    const acks: Ack[] =
+      resolve === noop
+        ? []
+        : [
+            (outcome) => {
+              if ('error' in outcome) reject(outcome.error)
+              else resolve(outcome.gap === undefined ? { id, seq: outcome.seq } : { id, seq: outcome.seq, gap: outcome.gap })
+            },
+          ]
     if (this.bufferedEvents < this.capacity) {
-      const acks =
-        resolve === noop
-          ? []
-          : [
-              (seq: number) => {
-                resolve({ id, seq })
-              },
-            ]
       this.buffer.push({ kind: 'event', id, at, payload, payloadJson, acks })
       this.bufferedEvents++
     } else {
@@ -509,31 +540,32 @@ class LagAwareEventLog implements EventLog {
       const gap: Extract<Pending, { kind: 'gap' }> = tail?.kind === 'gap' ? tail : { kind: 'gap', fromId: id, toId: id, at, acks: [] }
       if (gap !== tail) this.buffer.push(gap)
       gap.toId = id
-      if (resolve !== noop)
-        gap.acks.push((seq) => {
-          resolve({ id, seq, gap: { fromId: gap.fromId, toId: gap.toId } })
-        })
+      gap.acks.push(...acks)
     }
     this.pump()
   }
 
   /** Hands the next batch to the writer when none is in flight. */
   private pump(): void {
-    if (this.inFlight) return
+    if (this.inFlight || this.failure !== undefined) return
     this.syncMetrics()
-    let batch: Outgoing[]
     if (this.retryRows.length > 0) {
-      batch = this.retryRows
-      this.retryRows = []
-    } else {
-      if (this.buffer.length === 0) {
-        this.notifyFlushed()
-        return
-      }
-      batch = this.buffer.splice(0, this.batchSize).map((item) => this.toOutgoing(item))
-      this.admitBlocked()
+      // Rows of a batch storage refused go one at a time, to find the row it refuses.
+      const batch = this.isolating ? this.retryRows.splice(0, 1) : this.retryRows.splice(0)
+      this.inFlight = true
+      void this.submit(batch)
+      return
     }
+    if (this.buffer.length === 0) {
+      this.notifyFlushed()
+      return
+    }
+    this.isolating = false
+    const batch = this.buffer.splice(0, this.batchSize).map((item) => this.toOutgoing(item))
+    // In flight before admitting blocked events: `admit` pumps again, and a second batch
+    // handed over now could become durable before this one.
     this.inFlight = true
+    this.admitBlocked()
     void this.submit(batch)
   }
 
@@ -552,7 +584,7 @@ class LagAwareEventLog implements EventLog {
     return this.outgoing({ kind: 'gap', nodeId: this.nodeId, seq, fromId: item.fromId, toId: item.toId, at: item.at }, null, item.acks)
   }
 
-  private outgoing(row: EventRow, payloadJson: string | null, acks: ((seq: number) => void)[], failures = 0): Outgoing {
+  private outgoing(row: EventRow, payloadJson: string | null, acks: Ack[], failures = 0): Outgoing {
     const [first, last] = row.kind === 'event' ? [row.id, row.id] : [row.fromId, row.toId]
     const prepared: PreparedEvent = {
       kind: row.kind,
@@ -574,18 +606,31 @@ class LagAwareEventLog implements EventLog {
     }
   }
 
+  /**
+   * Writes a batch and makes its rows durable, in seq order: the writer commits it as one
+   * atomic write (one transaction, never split across commits), so its rows are stored
+   * together or not at all and the persisted seqs stay a contiguous prefix, also after a
+   * crash. Rows not stored are handed over again, with the same seqs, after a backoff.
+   */
   private async submit(batch: Outgoing[]): Promise<void> {
-    const ops: WriteOp[] = batch.map((out) => ({ op: 'event.append', row: out.row }))
     let failed: Outgoing[] = []
     try {
+      const ops = batch.map((out): WriteOp => ({ op: 'event.append', row: out.row }))
       const prepared = batch.map((out): PreparedOp => ({ op: 'event.append', event: out.prepared }))
       const results =
-        this.writer[WRITE_PREPARED] === undefined ? await this.writer.write(ops) : await this.writer[WRITE_PREPARED](ops, prepared)
-      batch.forEach((out, i) => {
-        const status = results[i]?.status
-        if (status === 'ok' || status === 'already_exists') this.durable(out)
-        else failed.push(this.afterFailure(out, results[i]))
-      })
+        this.writer[WRITE_PREPARED] === undefined
+          ? await this.writer.write(ops, { atomic: true })
+          : await this.writer[WRITE_PREPARED](ops, prepared, { atomic: true })
+      const stored = await this.storedRows(batch, results)
+      let i = 0
+      for (; i < batch.length && stored[i] === true; i++) this.durable(batch[i] as Outgoing)
+      const rest = batch.slice(i)
+      const status = stored[i]
+      if (status instanceof EventLogConflictError) {
+        this.fail(status, rest)
+        return
+      }
+      if (rest.length > 0) failed = this.afterFailure(rest, results[i], status === 'unknown')
     } catch (error) {
       // The writer refused the whole batch (it is stopped): keep the rows for a later try.
       this.logger.error({ err: error, rows: batch.length }, 'writer refused event rows')
@@ -593,7 +638,8 @@ class LagAwareEventLog implements EventLog {
     }
     this.syncMetrics()
     if (failed.length > 0) {
-      this.retryRows = failed
+      // Ahead of the rows still waiting to be isolated one at a time (none otherwise).
+      this.retryRows = [...failed, ...this.retryRows]
       this.counts.resubmitted += failed.length
       const attempt = Math.max(...failed.map((out) => out.failures))
       const pause = sleep(this.clock, backoffDelay(attempt, this.baseDelayMs, this.maxDelayMs, this.random))
@@ -610,23 +656,91 @@ class LagAwareEventLog implements EventLog {
     this.pump()
   }
 
-  /** The row to hand over again after the writer dead-lettered it. */
-  private afterFailure(out: Outgoing, result: { status: string; error?: { code: string } } | undefined): Outgoing {
+  /**
+   * Per row of a written batch: whether it is stored (`true`), not (`false`), or could not
+   * be checked (`'unknown'`: storage unavailable). An `already_exists` row is ours when a
+   * commit applied but its acknowledgement was lost; the stored row at its seq is read to
+   * make sure. A different row there means another process writes this node's log: an
+   * {@link EventLogConflictError} in that row's place.
+   */
+  private async storedRows(
+    batch: Outgoing[],
+    results: readonly { status: string }[],
+  ): Promise<(boolean | 'unknown' | EventLogConflictError)[]> {
+    const stored: (boolean | 'unknown' | EventLogConflictError)[] = results.map((result) => result.status === 'ok')
+    const existing = batch.filter((_, i) => results[i]?.status === 'already_exists')
+    if (existing.length === 0) return stored
+    const first = (existing[0] as Outgoing).row.seq
+    const last = (existing[existing.length - 1] as Outgoing).row.seq
+    let rows: EventRow[]
+    try {
+      rows = await this.storage.events.read({ nodeId: this.nodeId, fromSeq: first, limit: last - first + 1 })
+    } catch (error) {
+      if (!isRetryable(error)) throw error
+      return results.map((result) => (result.status === 'ok' ? true : 'unknown'))
+    }
+    const bySeq = new Map(rows.map((row) => [row.seq, row]))
+    batch.forEach((out, i) => {
+      if (results[i]?.status !== 'already_exists') return
+      const found = bySeq.get(out.row.seq)
+      stored[i] =
+        found !== undefined && sameRow(found, out.row)
+          ? true
+          : new EventLogConflictError(
+              `the event log of node ${this.nodeId} found another row at seq ${out.row.seq}: another process writes this node's log (give each process its own nodeId)`,
+            )
+    })
+    return stored
+  }
+
+  /**
+   * What to hand over again when `rest` (the batch from its first row not stored on) failed
+   * with `result`. A transient failure retries the rows as they are. A deterministic one
+   * retries them one at a time, until the row storage refuses is alone: an event row is then
+   * replaced by a gap over its id (same seq); a gap row is retried.
+   */
+  private afterFailure(rest: Outgoing[], result: { status: string; error?: { code: string } } | undefined, unknown: boolean): Outgoing[] {
     const transient =
-      result?.status === 'dead_lettered' && (result.error?.code === 'STORAGE_UNAVAILABLE' || result.error?.code === 'STOPPED')
-    if (transient || out.row.kind === 'gap') return { ...out, failures: out.failures + 1 }
-    // An event row that fails deterministically is replaced by a gap over its id, same seq.
+      unknown || (result?.status === 'dead_lettered' && (result.error?.code === 'STORAGE_UNAVAILABLE' || result.error?.code === 'STOPPED'))
+    const again = rest.map((out) => ({ ...out, failures: out.failures + 1 }))
+    if (transient) return again
+    if (rest.length > 1) {
+      this.isolating = true
+      return again
+    }
+    const out = rest[0] as Outgoing
+    if (out.row.kind === 'gap') return again
     this.logger.error({ seq: out.row.seq, id: out.row.id, result }, 'event row refused by storage; persisting a gap in its place')
     this.counts.gapRows++
     const { seq, id, at } = out.row
-    return this.outgoing({ kind: 'gap', nodeId: this.nodeId, seq, fromId: id, toId: id, at }, null, out.acks, out.failures + 1)
+    return [this.outgoing({ kind: 'gap', nodeId: this.nodeId, seq, fromId: id, toId: id, at }, null, out.acks, out.failures + 1)]
   }
 
   private durable(out: Outgoing): void {
-    this.durableId = Math.max(this.durableId, lastId(out.row) + 1)
+    const row = out.row
+    this.durableId = Math.max(this.durableId, lastId(row) + 1)
     this.counts.persisted++
-    for (const ack of out.acks) ack(out.row.seq)
-    this.emitter.emit('row', out.row)
+    const gap = row.kind === 'gap' ? { fromId: row.fromId, toId: row.toId } : undefined
+    for (const ack of out.acks) ack({ seq: row.seq, gap })
+    this.emitter.emit('row', row)
+  }
+
+  /**
+   * The log cannot go on (another process writes this node's log): every event not yet
+   * durable is refused with `error`, the log takes no more, and `onFailure` listeners hear it.
+   */
+  private fail(error: Error, inFlight: Outgoing[]): void {
+    this.failure = error
+    this.inFlight = false
+    this.logger.fatal({ err: error, unpersisted: this.nextId - this.durableId }, 'event log failed; it takes no more events')
+    const refused = [...inFlight, ...this.retryRows.splice(0)].flatMap((out) => out.acks)
+    for (const item of this.buffer.splice(0)) refused.push(...item.acks)
+    this.bufferedEvents = 0
+    for (const ack of refused) ack({ error })
+    for (const waiter of this.blocked.splice(0)) waiter.reject(error)
+    this.syncMetrics()
+    for (const wake of this.flushWaiters.splice(0)) wake()
+    this.emitter.emit('failed', error)
   }
 
   private notifyFlushed(): void {
@@ -694,10 +808,20 @@ class LagAwareEventLog implements EventLog {
   }
 
   flush(): Promise<void> {
+    if (this.failure !== undefined) return Promise.reject(this.failure)
     if (!this.inFlight && this.buffer.length === 0 && this.retryRows.length === 0) return Promise.resolve()
-    return new Promise((resolve) => {
+    return new Promise<void>((resolve) => {
       this.flushWaiters.push(resolve)
+    }).then(() => {
+      if (this.failure !== undefined) throw this.failure
     })
+  }
+
+  onFailure(listener: (error: Error) => void): () => void {
+    this.emitter.on('failed', listener)
+    return () => {
+      this.emitter.off('failed', listener)
+    }
   }
 
   private stopDeadlinePassed = false
@@ -719,9 +843,10 @@ class LagAwareEventLog implements EventLog {
       this.retrySleep?.cancel()
       for (const wake of this.flushWaiters.splice(0)) wake()
     }, deadlineMs)
-    await this.flush()
+    // A failed log has refused what was not durable; the report counts it.
+    await this.flush().catch(() => undefined)
     this.clock.clearTimeout(deadline)
-    const timedOut = deadlineState.passed
+    const timedOut = deadlineState.passed || this.failure !== undefined
     const unpersisted = timedOut ? this.nextId - this.durableId : 0
     if (unpersisted > 0) this.logger.error({ unpersisted }, 'event log stopped with events not persisted')
     this.emitter.removeAllListeners()

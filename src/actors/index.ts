@@ -5,7 +5,7 @@
  */
 export { backoffDelay, seededRandom, sleep, systemClock } from './clock.js'
 export type { Clock } from './clock.js'
-export { createEventLog, eventLogActor, renderEntry } from './event-log.js'
+export { createEventLog, EventLogConflictError, eventLogActor, renderEntry } from './event-log.js'
 export type {
   EventAck,
   EventLog,

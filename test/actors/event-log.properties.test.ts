@@ -21,17 +21,24 @@ type Step =
   | { kind: 'subscribe'; from: number | undefined; slow: boolean }
   | { kind: 'crash' }
   | { kind: 'restart' }
+  /** Storage refuses, deterministically, the row of the next event sent (a poison row). */
+  | { kind: 'poison' }
 
 interface Config {
   capacity: number
   batchSize: number
   lingerMs: number
+  /** The writer's maxBatch: smaller than a log batch, the writer would split a batch it may split. */
+  writerMaxBatch: number
+  policy: 'gap' | 'block'
 }
 
 const config = fc.record({
   capacity: fc.integer({ min: 1, max: 12 }),
   batchSize: fc.integer({ min: 1, max: 6 }),
   lingerMs: fc.integer({ min: 0, max: 3 }),
+  writerMaxBatch: fc.integer({ min: 1, max: 8 }),
+  policy: fc.constantFrom('gap' as const, 'block' as const),
 })
 const send = fc.record({
   kind: fc.constant('send' as const),
@@ -47,11 +54,12 @@ const subscribe = fc.record({
   slow: fc.boolean(),
 })
 const restarts = fc.oneof(fc.constant({ kind: 'crash' as const }), fc.constant({ kind: 'restart' as const }))
-const withRestarts = fc.array(fc.oneof({ arbitrary: send, weight: 4 }, { arbitrary: tick, weight: 2 }, down, restarts), {
+const poison = fc.constant({ kind: 'poison' as const })
+const withRestarts = fc.array(fc.oneof({ arbitrary: send, weight: 4 }, { arbitrary: tick, weight: 2 }, down, restarts, poison), {
   minLength: 1,
   maxLength: 25,
 })
-const withSubscribers = fc.array(fc.oneof({ arbitrary: send, weight: 4 }, { arbitrary: tick, weight: 2 }, down, subscribe), {
+const withSubscribers = fc.array(fc.oneof({ arbitrary: send, weight: 4 }, { arbitrary: tick, weight: 2 }, down, subscribe, poison), {
   minLength: 1,
   maxLength: 25,
 })
@@ -124,7 +132,7 @@ async function start(clock: SimulatedClock, faulty: FaultyStorage, cfg: Config, 
     storage,
     clock,
     lingerMs: cfg.lingerMs,
-    maxBatch: 50,
+    maxBatch: cfg.writerMaxBatch,
     retry: { maxAttempts: 2, baseDelayMs: 2, maxDelayMs: 8 },
     name: 'wp',
   })
@@ -136,6 +144,7 @@ async function start(clock: SimulatedClock, faulty: FaultyStorage, cfg: Config, 
     nodeId: NODE,
     capacity: cfg.capacity,
     batchSize: cfg.batchSize,
+    policy: cfg.policy,
     subscriberBuffer: 3,
     retry: { baseDelayMs: 2, maxDelayMs: 8 },
   })
@@ -145,7 +154,16 @@ async function start(clock: SimulatedClock, faulty: FaultyStorage, cfg: Config, 
 async function run(backend: Backend, cfg: Config, steps: readonly Step[]): Promise<Run> {
   const fixture = await backend.open()
   const clock = new SimulatedClock()
-  const faulty = createFaultyStorage(fixture.storage)
+  /** Events (by request and sequence number) whose rows storage refuses. */
+  const poisoned = new Set<string>()
+  let poisonNext = false
+  const eventKey = (payload: unknown): string => {
+    const { requestId, event } = payload as { requestId: string; event: string }
+    return `${requestId} ${event}`
+  }
+  const faulty = createFaultyStorage(fixture.storage, {
+    poison: (op) => op.op === 'event.append' && op.row.kind === 'event' && poisoned.has(eventKey(op.row.payload)),
+  })
   const committed = new Set<number>()
   const incarnations = [await start(clock, faulty, cfg, committed)]
   const current = (): Incarnation => incarnations[incarnations.length - 1] as Incarnation
@@ -162,6 +180,8 @@ async function run(backend: Backend, cfg: Config, steps: readonly Step[]): Promi
           const k = (sent.get(requestId) ?? []).length
           sent.set(requestId, [...(sent.get(requestId) ?? []), k])
           const event = { at: clock.now(), queue: 'main', requestId, from: 's', to: 's', event: `E${k}` }
+          if (poisonNext) poisoned.add(eventKey(event))
+          poisonNext = false
           if (!step.await) log.send(event)
           else {
             log.append(event).then(
@@ -183,6 +203,9 @@ async function run(backend: Backend, cfg: Config, steps: readonly Step[]): Promi
         break
       case 'down':
         faulty.faults.down = step.down
+        break
+      case 'poison':
+        poisonNext = true
         break
       case 'subscribe': {
         const view: Seen = { incarnation: incarnations.length - 1, from: step.from, slow: step.slow, entries: [] }

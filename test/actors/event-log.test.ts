@@ -1,8 +1,15 @@
 /** The event log, example by example, on a simulated clock. */
 import { SimulatedClock, createActor } from 'xstate'
 import { describe, expect, it } from 'vitest'
-import { createEventLog, eventLogActor, renderEntry, type LogEntry, type TransitionEvent } from '../../src/actors/event-log.js'
-import { createWriter } from '../../src/actors/writer.js'
+import {
+  createEventLog,
+  EventLogConflictError,
+  eventLogActor,
+  renderEntry,
+  type LogEntry,
+  type TransitionEvent,
+} from '../../src/actors/event-log.js'
+import { createWriter, WRITE_PREPARED } from '../../src/actors/writer.js'
 import { InvalidInputError, StoppedError, type EventRow, type Storage } from '../../src/storage/index.js'
 import { createMemoryDatabase, createMemoryStorage } from '../../src/storage/memory/index.js'
 import { createFaultyStorage } from '../../src/testing/index.js'
@@ -256,5 +263,127 @@ describe('event log', () => {
     expect(() => {
       log.send(transition(2))
     }).toThrow(StoppedError)
+  })
+
+  it('with policy block hands one batch at a time to the writer, so rows become durable in order', async () => {
+    const storage = createFaultyStorage(createMemoryStorage())
+    const clock = new SimulatedClock()
+    const writer = createWriter({ storage, clock, lingerMs: 1, retry: { maxAttempts: 3, baseDelayMs: 10, maxDelayMs: 10 }, name: 'w' })
+    let writing = 0
+    let mostAtOnce = 0
+    const counted: typeof writer = Object.create(writer) as typeof writer
+    counted.write = async (ops, options) => {
+      mostAtOnce = Math.max(mostAtOnce, ++writing)
+      try {
+        return await writer.write(ops, options)
+      } finally {
+        writing--
+      }
+    }
+    Object.defineProperty(counted, WRITE_PREPARED, { value: undefined })
+    const log = await createEventLog({ storage, writer: counted, clock, nodeId: 'n', capacity: 2, batchSize: 1, policy: 'block' })
+    const seen: LogEntry[] = []
+    await log.subscribe((entry) => void seen.push(entry), { from: 0 }).live
+    storage.faults.down = true
+    const acks = Array.from({ length: 6 }, (_, n) => track(log.append(transition(n))))
+    await driveUntil(clock, () => log.stats().sent >= 2)
+    storage.faults.down = false
+    await driveUntil(clock, () => acks.every((a) => a.settled) && seen.length === 6, { stepMs: 10 })
+    expect(mostAtOnce).toBe(1)
+    expect(seen.map((entry) => (entry.kind === 'event' ? entry.id : entry.kind))).toEqual([0, 1, 2, 3, 4, 5])
+    expect(coverage(await storage.inner.events.read())).toEqual({ seqs: [0, 1, 2, 3, 4, 5], ids: [0, 1, 2, 3, 4, 5] })
+  })
+
+  it('writes a batch as one atomic write: a poison row in it leaves the stored seqs a prefix at every commit, then a gap in its place', async () => {
+    const database = createMemoryDatabase()
+    const inner = createMemoryStorage({ database })
+    const faulty = createFaultyStorage(inner, {
+      poison: (op) => op.op === 'event.append' && op.row.kind === 'event' && op.row.id === 2,
+    })
+    const prefixes: boolean[] = []
+    const storage: Storage = {
+      ...faulty,
+      commit: async (ops) => {
+        try {
+          return await faulty.commit(ops)
+        } finally {
+          const seqs = (await inner.events.read({ nodeId: 'n' })).map((row) => row.seq)
+          prefixes.push(seqs.every((seq, i) => seq === i))
+        }
+      },
+    }
+    const clock = new SimulatedClock()
+    // maxBatch 2 under a log batch of 5: a write the writer may split would be split.
+    const writer = createWriter({
+      storage,
+      clock,
+      lingerMs: 1,
+      maxBatch: 2,
+      retry: { maxAttempts: 2, baseDelayMs: 10, maxDelayMs: 10 },
+      name: 'w',
+    })
+    const log = await createEventLog({ storage, writer, clock, nodeId: 'n', batchSize: 5, retry: { baseDelayMs: 10, maxDelayMs: 10 } })
+    const seen: LogEntry[] = []
+    await log.subscribe((entry) => void seen.push(entry), { from: 0 }).live
+    const acks = Array.from({ length: 5 }, (_, n) => track(log.append(transition(n))))
+    await driveUntil(clock, () => acks.every((a) => a.settled) && seen.length === 5, { stepMs: 10 })
+    expect(prefixes.length).toBeGreaterThan(1)
+    expect(prefixes.every(Boolean)).toBe(true)
+    expect(acks.map((a) => a.value)).toEqual([
+      { id: 0, seq: 0 },
+      { id: 1, seq: 1 },
+      { id: 2, seq: 2, gap: { fromId: 2, toId: 2 } },
+      { id: 3, seq: 3 },
+      { id: 4, seq: 4 },
+    ])
+    expect(seen.map((entry) => (entry.kind === 'event' ? entry.id : `${entry.kind} ${entry.fromId}`))).toEqual([0, 1, 'gap 2', 3, 4])
+    // A crash now and a restart: the new log continues after the last row, and nothing is missing.
+    const restarted = await createEventLog({ storage: inner, writer: createWriter({ storage: inner, clock }), clock, nodeId: 'n' })
+    expect(restarted.stats()).toMatchObject({ nextId: 5, nextSeq: 5 })
+    expect(coverage(await inner.events.read({ nodeId: 'n' }))).toEqual({ seqs: [0, 1, 2, 3, 4], ids: [0, 1, 2, 3, 4] })
+  })
+
+  it('takes a row already stored at its seq as its own only when it is the same row (a lost acknowledgement)', async () => {
+    const storage = createFaultyStorage(createMemoryStorage(), { lostAckRate: 1 })
+    const { clock, log } = await setup({ storage, nodeId: 'n' })
+    const ack = track(log.append(transition(0)))
+    await driveUntil(clock, () => storage.faultStats.lostAcks > 0)
+    storage.faults.lostAckRate = 0
+    await driveUntil(clock, () => ack.settled, { stepMs: 10 })
+    expect(ack.value).toEqual({ id: 0, seq: 0 })
+    expect(coverage(await storage.inner.events.read())).toEqual({ seqs: [0], ids: [0] })
+  })
+
+  it('fails loudly when another process writes its node: EventLogConflictError, onFailure, nothing acknowledged that is not stored', async () => {
+    const clock = new SimulatedClock()
+    const storage = createMemoryStorage()
+    const writer = createWriter({ storage, clock, lingerMs: 1, name: 'w' })
+    // Two logs of one node on one storage: both start at seq 0.
+    const [a, b] = [
+      await createEventLog({ storage, writer, clock, nodeId: 'n' }),
+      await createEventLog({ storage, writer, clock, nodeId: 'n' }),
+    ]
+    const failures: Error[] = []
+    b.onFailure((error) => failures.push(error))
+    const first = track(a.append(transition(0)))
+    await driveUntil(clock, () => first.settled)
+    const second = track(b.append(transition(1)))
+    const third = track(b.append(transition(2)))
+    await driveUntil(clock, () => second.settled && third.settled)
+    expect(first.value).toEqual({ id: 0, seq: 0 })
+    expect(second.error).toBeInstanceOf(EventLogConflictError)
+    expect(third.error).toBeInstanceOf(EventLogConflictError)
+    expect((second.error as EventLogConflictError).code).toBe('ALREADY_EXISTS')
+    expect((second.error as Error).message).toMatch(/another process writes this node's log \(give each process its own nodeId\)/)
+    expect(failures).toEqual([second.error])
+    expect(() => {
+      b.send(transition(3))
+    }).toThrow(EventLogConflictError)
+    await expect(b.flush()).rejects.toBeInstanceOf(EventLogConflictError)
+    expect(await b.stop()).toEqual({ flushed: false, unpersisted: 2 })
+    const rows = await storage.events.read({ nodeId: 'n' })
+    expect(rows.map((row) => (row.kind === 'event' ? (row.payload as { requestId: string }).requestId : row.kind))).toEqual([
+      'request/main/1',
+    ])
   })
 })
