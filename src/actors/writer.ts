@@ -37,6 +37,8 @@ import { prepareOps, type PreparedOp } from '../storage/validation.js'
 import { backoffDelay, sleep, systemClock, type Clock } from './clock.js'
 import { counter, histogram, sampledGauge, silentLogger } from './observability.js'
 
+const DEADLINE_PASSED = 'the drain deadline passed before the op was committed'
+
 /** Retry policy for transient storage failures. */
 export interface RetryOptions {
   /** Commits of a batch before its ops are dead-lettered (default 5). */
@@ -80,6 +82,11 @@ export interface DrainReport {
   deadLettered: number
   /** True when the deadline passed before the writer was empty. */
   timedOut: boolean
+  /**
+   * Ops whose commit had not returned when the deadline passed (storage hung): their outcome
+   * is unknown; their writes settle if that commit ever returns (e.g. when storage is closed).
+   */
+  inFlight: number
   /** Dead letters that could not be stored, with their ops: report them elsewhere. */
   unpersisted: DeadLetter[]
 }
@@ -125,7 +132,10 @@ export interface Writer {
    * `atomic`, the ops always share one transaction (all dead-lettered together if one is poison).
    */
   write(ops: readonly WriteOp[], options?: WriteOptions): Promise<WriterResult[]>
-  /** Refuses new ops, drains within `deadlineMs` (default 10 000), reports. Idempotent. */
+  /**
+   * Refuses new ops, drains within `deadlineMs` (default 10 000), reports. Returns by the
+   * deadline even while a commit hangs (see {@link DrainReport.inFlight}). Idempotent.
+   */
   stop(options?: { deadlineMs?: number }): Promise<DrainReport>
   stats(): WriterStats
   /** Dead letters not yet stored (storage was failing), oldest first. */
@@ -395,7 +405,7 @@ class GroupCommitWriter implements Writer {
     try {
       while (this.queue.length > 0) {
         if (this.deadlinePassed) {
-          this.deadLetter(this.queue.take(this.queue.length), new StoppedError('the drain deadline passed before the op was committed'), 0)
+          this.deadLetter(this.queue.take(this.queue.length), new StoppedError(DEADLINE_PASSED), 0)
           break
         }
         await this.commitEntries(this.queue.take(this.maxBatch))
@@ -415,7 +425,7 @@ class GroupCommitWriter implements Writer {
   private async commitEntries(entries: Entry[]): Promise<void> {
     for (let failures = 0; ;) {
       if (this.deadlinePassed) {
-        this.deadLetter(entries, new StoppedError('the drain deadline passed before the op was committed'), failures)
+        this.deadLetter(entries, new StoppedError(DEADLINE_PASSED), failures)
         return
       }
       const started = performance.now()
@@ -543,19 +553,32 @@ class GroupCommitWriter implements Writer {
     for (const waiter of this.waiters.splice(0)) {
       waiter.refuse(new StoppedError(`writer ${this.name} stopped before this write was accepted`))
     }
-    const deadline = this.clock.setTimeout(() => {
-      this.deadlinePassed = true
-      this.currentSleep?.cancel()
-    }, deadlineMs)
+    let deadline: unknown
+    // Returns by the deadline even when a commit hangs (a connection that died silently).
+    const deadlinePassed = new Promise<void>((resolve) => {
+      deadline = this.clock.setTimeout(() => {
+        this.deadlinePassed = true
+        this.currentSleep?.cancel()
+        resolve()
+      }, deadlineMs)
+    })
     this.disarmLinger()
     this.kick()
-    await this.whenIdle()
+    const work = this.whenIdle().then(() => this.persistDeadLetters())
+    await Promise.race([work, deadlinePassed])
+    if (this.deadlinePassed) {
+      // Ops queued behind a commit still under way will not be committed now. What the flush
+      // loop holds settles within a turn (its backoff was cancelled) unless a storage call
+      // hangs (a connection that died silently): that one is reported in flight.
+      this.deadLetter(this.queue.take(this.queue.length), new StoppedError(DEADLINE_PASSED), 0)
+      await Promise.race([work, new Promise((resolve) => setImmediate(resolve))])
+    }
     this.clock.clearTimeout(deadline)
-    await this.persistDeadLetters()
     const report: DrainReport = {
       committed: this.counts.committed - before.committed,
       deadLettered: this.counts.deadLettered - before.deadLettered,
       timedOut: this.deadlinePassed,
+      inFlight: this.pendingCount,
       unpersisted: [...this.unpersisted],
     }
     // The gauge keeps its last value (nothing pending, or what the deadline left) once stopped.

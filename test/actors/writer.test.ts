@@ -146,7 +146,7 @@ describe('writer', () => {
     const pending = track(writer.write([create(1), create(2)]))
     const report = await writer.stop({ deadlineMs: 50 })
     expect(pending.value).toEqual([{ status: 'ok' }, { status: 'ok' }])
-    expect(report).toEqual({ committed: 2, deadLettered: 0, timedOut: false, unpersisted: [] })
+    expect(report).toEqual({ committed: 2, deadLettered: 0, timedOut: false, inFlight: 0, unpersisted: [] })
     await expect(writer.write([create(3)])).rejects.toBeInstanceOf(StoppedError)
     expect(await writer.stop()).toBe(report)
   })
@@ -174,6 +174,24 @@ describe('writer', () => {
     expect(stopped.value).toMatchObject({ committed: 0, deadLettered: 2, timedOut: true })
     expect(stopped.value?.unpersisted.map((l) => l.op)).toEqual([create(1), create(2)])
     expect(stopped.value?.unpersisted[0]?.error.code).toBe('STOPPED')
+  })
+
+  it('stop returns by its deadline while a commit hangs: what waits behind it is dead-lettered, what it carries reported in flight', async () => {
+    const clock = new SimulatedClock()
+    const inner = createMemoryStorage()
+    // Every commit hangs, as on a connection that died silently.
+    const storage: Storage = { ...inner, commit: () => new Promise(() => undefined) }
+    const writer = createWriter({ storage, clock, lingerMs: 0, name: 'w' })
+    const stuck = track(writer.write([create(1)]))
+    await settle()
+    const behind = track(writer.write([create(2), create(3)]))
+    await settle()
+    const stopped = track(writer.stop({ deadlineMs: 100 }))
+    await driveUntil(clock, () => stopped.settled, { stepMs: 50, realTimeoutMs: 5_000 })
+    expect(stopped.value).toMatchObject({ committed: 0, deadLettered: 2, timedOut: true, inFlight: 1 })
+    expect(behind.value?.map((r) => r.status)).toEqual(['dead_lettered', 'dead_lettered'])
+    expect(stuck.settled).toBe(false)
+    expect(writer.stats()).toMatchObject({ pending: 1, deadLettered: 2 })
   })
 
   it('rejects bad input with InvalidInputError and accepts nothing of that write', async () => {
