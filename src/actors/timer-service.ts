@@ -5,7 +5,8 @@
  * time, or `at: null` for nothing due); the service keeps the earliest time of each queue
  * and schedules a single delayed event to itself, through XState's scheduler (so the
  * system's clock drives it, `SimulatedClock` included), for the earliest of all. When it
- * fires, every queue whose time has come hears `timer.due` with the time it asked for.
+ * fires, every queue whose time has come hears `timer.due` with the time it asked for and
+ * the time now.
  *
  * Why not a delayed transition per queue: XState's scheduler scans every scheduled event of
  * the system whenever any actor stops, so with a timer per busy queue, each request that
@@ -33,6 +34,11 @@ export interface TimerDueEvent {
   type: 'timer.due'
   /** The time the queue asked for. */
   at: number
+  /**
+   * The time now (at or after `at`): after a restart, or a stall, a due time can lie well in
+   * the past, and what the queue starts then must be timed from now.
+   */
+  now: number
 }
 
 /** The id of the service's one delayed event. */
@@ -68,7 +74,7 @@ export function timerService(clock: { now(): number }) {
           due.delete(queue)
         } else if (at <= now) {
           due.delete(queue)
-          queue.send({ type: 'timer.due', at } satisfies TimerDueEvent)
+          queue.send({ type: 'timer.due', at, now } satisfies TimerDueEvent)
         } else if (next === undefined || at < next) {
           next = at
         }

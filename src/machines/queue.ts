@@ -271,7 +271,10 @@ export const queueMachine = setup({
     }),
     /** Starts waiting requests, oldest first, while the gate has free slots. */
     admit: enqueueActions(({ enqueue, context, event }) => {
-      const at = 'at' in event ? event.at : context.expiredAt
+      // A slot freed by the timer is taken now, not at the due time (which may be long past:
+      // after a restart, a deadline missed while the runtime was down would start the next
+      // request with its own deadline already passed).
+      const at = event.type === 'timer.due' ? Math.max(event.at, event.now) : 'at' in event ? event.at : context.expiredAt
       // One pass, allocating only for the waiting (coalescing leaves at most one, normally).
       let held = 0
       const waiting: string[] = []

@@ -85,7 +85,11 @@ export interface QueueHostDeps {
   logger: Logger
   /** The source control bound to a queue. */
   sourceControlFor(queue: string): SourceControl
-  isStopping(): boolean
+  /**
+   * Why the runtime takes no more work (the error the failed actor left, or a plain stop),
+   * or undefined while it runs. Read afresh at each call: the runtime may stop meanwhile.
+   */
+  stopped(): StoppedError | undefined
   onIngest(deduplicated: boolean): void
   /** The `outbox.put` ops announcing a last-green move (one per hook with `onLastGreen`; none without hooks). */
   lastGreenOutbox(payload: LastGreenPayload): WriteOp[]
@@ -317,7 +321,8 @@ export class QueueHost implements QueueHandle {
   }
 
   ingest(): Promise<IngestResult> {
-    if (this.deps.isStopping()) return Promise.reject(new StoppedError('the runtime is stopped; it accepts no ingest'))
+    const stopped = this.deps.stopped()
+    if (stopped !== undefined) return Promise.reject(stopped)
     // Turns run one at a time, in call order: each resolves the head, looks it up and queues
     // its number, so numbers follow the order heads were seen. The writes after that overlap
     // with the next turns: ingests into one queue pipeline instead of waiting for each other.
@@ -336,7 +341,8 @@ export class QueueHost implements QueueHandle {
 
   /** Refuses work once the runtime stops or the queue failed. */
   private checkOpen(): void {
-    if (this.deps.isStopping()) throw new StoppedError('the runtime is stopped; it accepts no ingest')
+    const stopped = this.deps.stopped()
+    if (stopped !== undefined) throw stopped
     this.refuseIfFailed()
   }
 
@@ -445,6 +451,9 @@ export class QueueHost implements QueueHandle {
     if (!['accepted', 'processing', 'recorded', 'superseded', 'cancelled'].includes(state)) {
       throw new InvalidInputError(`cannot wait for state ${state as string}`)
     }
+    // Once the runtime stops, nothing would settle a new waiter (stop rejected those it found).
+    const stopped = this.deps.stopped()
+    if (stopped !== undefined) throw stopped
     let waiter: Waiter | undefined
     const waiting = new Promise<RequestView>((resolve, reject) => {
       waiter = { state, resolve, reject }
@@ -576,8 +585,7 @@ export class QueueHost implements QueueHandle {
 
   async cancel(id: string): Promise<CancelResult> {
     parseRequestId(id, this.name)
-    if (this.deps.isStopping()) throw new StoppedError('the runtime is stopped')
-    if (this.failure !== undefined) throw this.failure
+    this.checkOpen()
     const row = await this.deps.storage.requests.get(id)
     const inFlight = this.actor.getSnapshot().context.requests[id]
     const step = (row.data as { step?: string } | undefined)?.step

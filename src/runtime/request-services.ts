@@ -8,6 +8,7 @@
  * @internal
  * @module
  */
+import { isDeepStrictEqual } from 'node:util'
 import type { Logger } from 'pino'
 import { fromCallback, type AnyActorRef } from 'xstate'
 import type { Clock } from '../actors/clock.js'
@@ -121,11 +122,21 @@ export function requestRecord(context: RequestContext, step: RequestStep, state:
   }
 }
 
+/** True when `stored` is the row `record` describes (same version, state and data, as JSON stores them). */
+function isThisWrite(stored: RequestRecord, record: RequestRecord): boolean {
+  return (
+    stored.version === record.version &&
+    stored.state === record.state &&
+    isDeepStrictEqual(stored.data, JSON.parse(JSON.stringify(record.data)) as unknown)
+  )
+}
+
 /**
  * Writes the request at `step` with CAS from `context.version`. Only the request's own
- * actor writes its row, so a mismatch can only come from its own earlier write that the
- * machine did not wait for (it left the state meanwhile): then the row is re-read and the
- * write redone on top, unless the row is already final.
+ * actor writes its row, so a mismatch can only come from its own earlier write: this very
+ * write, applied once already (a lost acknowledgement: done), or one the machine did not
+ * wait for (it left the state meanwhile): then the row is re-read and the write redone on
+ * top, unless the row is already final.
  */
 export async function persistStep(
   deps: RequestServiceDeps,
@@ -152,6 +163,12 @@ export async function persistStep(
     }
     if (result.status === 'dead_lettered') throw writeFailure(result, `request ${context.id} at ${step}`)
     const stored = await deps.storage.requests.get(context.id).catch(() => undefined)
+    // The commit applied but its acknowledgement was lost, and the writer's retry found the row
+    // it had written: the write is done.
+    if (stored !== undefined && isThisWrite(stored, record)) {
+      deps.committed(stored)
+      return oldVersion + 1
+    }
     if (tries > 0 || stored === undefined || stored.version <= oldVersion || FINAL_REQUEST_STATES.includes(stored.state)) {
       throw new VersionMismatchError(
         `request ${context.id} could not move to ${step}: stored ${stored === undefined ? 'row is missing' : `at ${stored.state} v${stored.version}`}, expected v${oldVersion}`,
@@ -162,7 +179,7 @@ export async function persistStep(
 }
 
 /** The whole-repository fact of a commit, or undefined when none was written yet. */
-async function existingFact(storage: Storage, queue: string, uri: string): Promise<Fact | undefined> {
+export async function existingFact(storage: Storage, queue: string, uri: string): Promise<Fact | undefined> {
   try {
     return await storage.facts.get(queue, uri, '')
   } catch (error) {

@@ -14,7 +14,7 @@
 import type { Logger } from 'pino'
 import { Counter, Registry } from 'prom-client'
 import { createActor, enqueueActions, fromCallback, setup, type AnyActorRef, type InspectionEvent, type Observer } from 'xstate'
-import { backoffDelay, systemClock, type Clock } from '../actors/clock.js'
+import { backoffDelay, sleep, systemClock, type Clock } from '../actors/clock.js'
 import { createEventLog, eventLogActor, type EventLog, type EventLogOptions, type EventLogStopReport } from '../actors/event-log.js'
 import { silentLogger } from '../actors/observability.js'
 import { TIMER_SERVICE, timerService } from '../actors/timer-service.js'
@@ -42,11 +42,19 @@ import {
 } from '../machines/request.js'
 import { isSourceControlProvider, type SourceControl, type SourceControlProvider } from '../sourcecontrol/types.js'
 import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError } from '../storage/errors.js'
-import { FINAL_REQUEST_STATES, type QueueRecord, type RequestRecord, type RequestState, type Storage } from '../storage/types.js'
+import { FINAL_REQUEST_STATES, type Fact, type QueueRecord, type RequestRecord, type RequestState, type Storage } from '../storage/types.js'
 import { assertQueueName, parseRequestId } from '../storage/validation.js'
 import { normalizeQueueConfig, type QueueConfigInput } from './config.js'
 import { QueueHost, type QueueHandle, type QueueHostDeps } from './queue-host.js'
-import { buildService, outboxOutcome, requestRecord, stepService, verdictPayload, type RequestServiceDeps } from './request-services.js'
+import {
+  buildService,
+  existingFact,
+  outboxOutcome,
+  requestRecord,
+  stepService,
+  verdictPayload,
+  type RequestServiceDeps,
+} from './request-services.js'
 import { describeRequest, type RequestView } from './views.js'
 
 /** Options of {@link createStovepipe}. */
@@ -153,8 +161,19 @@ async function allRows(storage: Storage, queue: string, states: RequestState[]):
   return rows
 }
 
-/** The newest green request of a queue in storage, for recovery. */
-async function newestGreen(storage: Storage, queue: string, above: number): Promise<QueueLastGreen | null> {
+/**
+ * The newest green request of a queue in storage, for recovery. A row is trusted only when
+ * its commit's fact agrees: without hooks, the recording commit writes the row with the
+ * request's own verdict, and corrects it in a second write when a fact of another request
+ * was there first; a crash in between leaves a green row over a red fact. Such a row is
+ * corrected here (and skipped).
+ */
+async function newestGreen(
+  deps: { storage: Storage; writer: Writer; logger: Logger; now: () => number },
+  queue: string,
+  above: number,
+): Promise<QueueLastGreen | null> {
+  const { storage } = deps
   let cursor: string | undefined
   do {
     const page = await storage.requests.listByQueue(queue, {
@@ -166,11 +185,37 @@ async function newestGreen(storage: Storage, queue: string, above: number): Prom
     for (const row of page.items) {
       const view = describeRequest(row)
       if (view.n <= above) return null
-      if (view.verdict === 'green') return { uri: row.uri, requestId: row.id, n: view.n, at: view.endedAt ?? row.updatedAt }
+      if (view.verdict !== 'green') continue
+      const fact = await existingFact(storage, queue, row.uri)
+      if (fact?.degree === 0) return { uri: row.uri, requestId: row.id, n: view.n, at: view.endedAt ?? row.updatedAt }
+      await correctVerdict(deps, row, fact)
     }
     cursor = page.nextCursor
   } while (cursor !== undefined)
   return null
+}
+
+/** Rewrites a green row whose commit's fact is not green with the fact's verdict (none: indeterminate). */
+async function correctVerdict(
+  deps: { writer: Writer; logger: Logger; now: () => number },
+  row: RequestRecord,
+  fact: Fact | undefined,
+): Promise<void> {
+  const stored = (row.data as { context?: RequestContext } | undefined)?.context
+  deps.logger.warn({ requestId: row.id, uri: row.uri, fact }, "a request recorded green disagrees with its commit's fact; corrected")
+  if (stored === undefined) return
+  const outcome =
+    fact === undefined
+      ? { verdict: 'indeterminate' as const, degree: null, reason: 'recorded green without a fact', factWritten: false }
+      : {
+          verdict: 'red' as const,
+          degree: fact.degree,
+          reason: fact.requestId === row.id ? stored.reason : `fact already recorded by ${fact.requestId}`,
+          factWritten: fact.requestId === row.id,
+        }
+  const record = requestRecord({ ...stored, ...outcome }, 'recorded', 'recorded', row.version + 1, deps.now())
+  const [result] = await deps.writer.write([{ op: 'request.update', record, oldVersion: row.version, newVersion: row.version + 1 }])
+  if (result?.status !== 'ok') deps.logger.error({ requestId: row.id, status: result?.status }, 'the corrected verdict was not written')
 }
 
 /** Starts a runtime on a storage, resuming whatever a previous runtime left in flight. */
@@ -263,6 +308,17 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
   let stopping = false
   /** Set when an actor the runtime cannot do without failed: what waiters are rejected with. */
   let fatal: StoppedError | undefined
+  /**
+   * Something the runtime cannot do without failed (`why`, e.g. "its event log failed"): log
+   * it, keep the cause for every waiter and caller, and stop (after the current transition).
+   */
+  const failRuntime = (why: string, error: unknown): void => {
+    logger.fatal({ err: error }, `the runtime stops: ${why}`)
+    fatal ??= new StoppedError(`the runtime stopped: ${why}`, { cause: error })
+    queueMicrotask(() => {
+      void stopOnce(10_000)
+    })
+  }
 
   const serviceDeps: RequestServiceDeps = {
     storage,
@@ -363,11 +419,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
         if (!actor.startsWith('queue:')) {
           // The event log, writer or hooks actor: the runtime cannot go on without it. It stops
           // (not by failing the root, which would leave the queues and their builds running).
-          logger.fatal({ err: event.error, actor }, 'runtime actor failed; the runtime stops')
-          fatal ??= new StoppedError(`the runtime stopped: its ${actor} actor failed`, { cause: event.error })
-          queueMicrotask(() => {
-            void api.stop()
-          })
+          failRuntime(`its ${actor} actor failed`, event.error)
           return
         }
         logger.error({ err: event.error, actor }, 'queue actor failed; its requests are cancelled and it takes no more work')
@@ -464,7 +516,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     clock,
     logger,
     sourceControlFor,
-    isStopping: () => stopping,
+    stopped: () => (stopping ? (fatal ?? new StoppedError('the runtime is stopped; it takes no more work')) : undefined),
     onIngest: (deduplicated) => {
       metrics.ingests.inc({ deduplicated: String(deduplicated) })
     },
@@ -482,8 +534,39 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     return host
   }
 
+  // A failed event log (another process writes this node's log) refuses every transition:
+  // the runtime stops rather than validate on with no log.
+  events.onFailure((error) => {
+    failRuntime('its event log failed', error)
+  })
+
+  let stopReport: Promise<StopReport> | undefined
+  /** Stops once: later calls get the first stop's report. */
+  const stopOnce = (deadlineMs: number): Promise<StopReport> => {
+    stopReport ??= stop(deadlineMs)
+    return stopReport
+  }
+  const stop = async (deadlineMs: number): Promise<StopReport> => {
+    stopping = true
+    // One deadline for the whole stop: storage that hangs (a connection that died silently)
+    // must not hold it, so every wait below ends by then.
+    const started = clock.now()
+    const left = (): number => Math.max(1, Math.ceil(deadlineMs - (clock.now() - started)))
+    // Hook calls under way are aborted; what they did not deliver stays in the outbox for the next start.
+    await dispatcher?.stop({ deadlineMs })
+    rootActor.stop()
+    for (const host of hosts.values()) host.rejectWaiters(fatal ?? new StoppedError('the runtime stopped'))
+    const snapshotsLeft = sleep(clock, left())
+    await Promise.race([Promise.all([...hosts.values()].map((host) => host.flush())), snapshotsLeft.done])
+    snapshotsLeft.cancel()
+    const eventLog = await events.stop({ deadlineMs: left() })
+    const drained = await writer.stop({ deadlineMs: left() })
+    return { writer: drained, eventLog }
+  }
+
   // Recovery: every queue, with its requests that had not ended.
   for (const record of await storage.queues.list()) {
+    if (stopping) break // a runtime actor failed meanwhile
     let config: QueueConfig
     try {
       config = normalizeQueueConfig(record.config)
@@ -521,7 +604,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     const storedLastGreen: QueueLastGreen | null =
       record.lastGreen === undefined ? null : { ...record.lastGreen, n: parseRequestId(record.lastGreen.requestId, record.name) }
     // The snapshot may lag the facts: never start from an older last green than storage shows.
-    const scanned = await newestGreen(storage, record.name, storedLastGreen?.n ?? 0)
+    const scanned = await newestGreen({ storage, writer, logger, now }, record.name, storedLastGreen?.n ?? 0)
     const fresh = newQueueContext(record.name, config)
     const context: QueueContext = {
       ...fresh,
@@ -536,11 +619,16 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     }
   }
 
+  if (stopping) {
+    await stopReport
+    throw fatal ?? new StoppedError('the runtime stopped while it recovered')
+  }
   dispatcher?.start()
 
   const openQueue = async (name: string, input: QueueConfigInput | undefined): Promise<QueueHandle> => {
     assertQueueName(name)
-    if (stopping) throw new StoppedError('the runtime is stopped')
+    const stopped = hostDeps.stopped()
+    if (stopped !== undefined) throw stopped
     const existing = hosts.get(name)
     if (existing !== undefined) {
       if (input !== undefined) {
@@ -569,21 +657,6 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     return hosts.get(name) ?? spawnQueue(name, context, 0, null)
   }
 
-  let stopReport: Promise<StopReport> | undefined
-  const stop = async (deadlineMs: number): Promise<StopReport> => {
-    stopping = true
-    // Hook calls under way are aborted; what they did not deliver stays in the outbox for the next start.
-    await dispatcher?.stop({ deadlineMs })
-    rootActor.stop()
-    for (const host of hosts.values()) {
-      host.rejectWaiters(fatal ?? new StoppedError('the runtime stopped'))
-      await host.flush()
-    }
-    const eventLog = await events.stop({ deadlineMs })
-    const drained = await writer.stop({ deadlineMs })
-    return { writer: drained, eventLog }
-  }
-
   const api: Stovepipe = {
     queue: openQueue,
     queues: () => [...hosts.values()],
@@ -596,10 +669,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     system: rootActor.system,
     root: rootActor,
     registry,
-    stop: (stopOptions = {}) => {
-      stopReport ??= stop(stopOptions.deadlineMs ?? 10_000)
-      return stopReport
-    },
+    stop: (stopOptions = {}) => stopOnce(stopOptions.deadlineMs ?? 10_000),
   }
   return api
 }

@@ -4,6 +4,7 @@
  * times; counters continue; facts are never written twice; last green never regresses.
  */
 import { describe, expect, it } from 'vitest'
+import { describeRequest } from '../../src/runtime/views.js'
 import { driveUntil } from '../support/drive.js'
 import { world, type World } from '../support/runtime.js'
 
@@ -61,6 +62,59 @@ describe('recovery', () => {
     expect(done.reason).toBe('maxValidationMs passed')
     expect(done.endedAt).toBeGreaterThanOrEqual(started.context.deadlineAt)
     expect((done.endedAt ?? 0) - started.context.deadlineAt).toBeLessThan(200)
+  })
+
+  it('a slot freed by a deadline missed while the runtime was down is taken with a deadline from now, not from then', async () => {
+    // The first build outlives the runtime; the second head waits for the slot.
+    const w = await world({ builder: { durationMs: 500, outcome: () => 'passed' } })
+    let main = await w.run(w.sp.queue('main', { ref: 'main', maxValidationMs: 1_000, leaseGraceMs: 0 }))
+    w.sc.commit('main', 'a1')
+    const first = await w.run(main.ingest())
+    await driveUntil(w.clock, () => w.builder.running() === 1)
+    w.sc.commit('main', 'a2')
+    const second = await w.run(main.ingest())
+    expect(main.inFlight().map((r) => r.state)).toEqual(['processing', 'accepted'])
+    const sp = await w.crash(10_000)
+    main = await w.run(sp.queue('main'))
+    // The first request's deadline and lease passed while the runtime was down: the timer
+    // fires at once with that due time, and the second request starts now, with its full time.
+    expect(await w.run(main.waitFor(first.id))).toMatchObject({ verdict: 'indeterminate', reason: 'maxValidationMs passed' })
+    expect(await w.run(main.waitFor(second.id))).toMatchObject({ state: 'recorded', verdict: 'green' })
+    expect(w.builder.builds.filter((b) => b.requestId === second.id).map((b) => b.result)).toEqual([{ outcome: 'passed' }])
+  })
+
+  it('a crash between recording green and its correction by an older fact never makes that commit last green', async () => {
+    // Without hooks, the recording commit writes the row with the request's own verdict and
+    // corrects it in a second write when the commit already had a fact; the crash comes between.
+    let recorded = false
+    let opened = 0
+    const w = await world({
+      wrap: (inner) => {
+        const first = ++opened === 1
+        return {
+          ...inner,
+          // The first runtime's commits hang once the row is recorded: the crash comes then.
+          commit: async (ops) => {
+            if (first && recorded) return new Promise(() => undefined)
+            const results = await inner.commit(ops)
+            recorded ||= first && ops.some((op) => op.op === 'request.update' && op.record.state === 'recorded')
+            return results
+          },
+        }
+      },
+    })
+    const main = await w.run(w.sp.queue('main', { ref: 'main' }))
+    w.sc.commit('main', 'a1')
+    const red = { queue: 'main', uri: 'fake://a1', project: '', degree: 1, requestId: 'request/main/7', at: 5 }
+    await w.storage.facts.put(red)
+    const { id } = await w.run(main.ingest())
+    await driveUntil(w.clock, () => recorded)
+    expect(describeRequest(await w.storage.requests.get(id))).toMatchObject({ verdict: 'green' }) // the row before its correction
+    const sp = await w.crash()
+    const restarted = await w.run(sp.queue('main'))
+    expect(restarted.lastGreen()).toBeUndefined()
+    expect(await w.run(sp.request(id))).toMatchObject({ verdict: 'red', degree: 1, reason: 'fact already recorded by request/main/7' })
+    expect(await w.storage.facts.get('main', 'fake://a1')).toEqual(red)
   })
 
   it('continues counters after a restart and keeps last green', async () => {

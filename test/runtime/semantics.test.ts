@@ -7,6 +7,8 @@ import { pino, type Logger } from 'pino'
 import { describe, expect, it } from 'vitest'
 import { SimulatedClock, type AnyActorRef } from 'xstate'
 import {
+  createStovepipe,
+  EventLogConflictError,
   InvalidInputError,
   NotFoundError,
   StoppedError,
@@ -19,6 +21,7 @@ import { world } from '../support/runtime.js'
 import { leases } from '../support/queue.js'
 import type { QueueActor } from '../../src/machines/queue.js'
 import { createFakeSourceControl, type FakeSourceControl } from '../../src/sourcecontrol/fake.js'
+import { createMemoryStorage } from '../../src/storage/memory/index.js'
 
 const ref = { ref: 'main' }
 
@@ -136,6 +139,46 @@ describe('ingest', () => {
     expect(lose).toBe(false)
     expect(await w.run(main.waitFor('request/main/1'))).toMatchObject({ state: 'recorded', verdict: 'green' })
   })
+
+  for (const ending of ['recorded', 'cancelled'] as const) {
+    it(`a final write whose acknowledgement was lost (the retry finds it applied) still ends the request ${ending}`, async () => {
+      let lose = true
+      const { lines, logger } = errorLog()
+      const w = await world({
+        builder: { durationMs: 1_000 },
+        runtime: { logger },
+        wrap: (inner) => ({
+          ...inner,
+          commit: async (ops: readonly WriteOp[]) => {
+            const results = await inner.commit(ops)
+            const final = ops.findIndex((op) => op.op === 'request.update' && op.record.state === ending)
+            if (lose && final >= 0 && results[final]?.status === 'ok') {
+              lose = false
+              throw new StorageUnavailableError('the commit applied; its acknowledgement was lost')
+            }
+            return results
+          },
+        }),
+      })
+      const main = await w.run(w.sp.queue('main', ref))
+      w.sc.commit('main', 'a1')
+      const { id } = await w.run(main.ingest())
+      if (ending === 'cancelled') {
+        await driveUntil(w.clock, () => w.builder.running() === 1)
+        expect(await w.run(main.cancel(id))).toEqual({ id, cancelled: true, state: 'cancelled' })
+      } else {
+        expect(await w.run(main.waitFor(id))).toMatchObject({ state: 'recorded', verdict: 'green', factWritten: true })
+        expect(main.lastGreen()?.requestId).toBe(id)
+      }
+      expect(lose).toBe(false)
+      // Not salvaged: no actor failure, no second write over the row.
+      expect(lines.filter((line) => line.includes('request actor failed'))).toEqual([])
+      expect(main.stats()).toMatchObject(ending === 'recorded' ? { green: 1, indeterminate: 0 } : { cancelled: 1, indeterminate: 0 })
+      const row = await w.storage.requests.get(id)
+      expect(row.state).toBe(ending)
+      expect(row.version).toBe(ending === 'recorded' ? 4 : 3) // accepted 0, planning 1, building 2, then the final write
+    })
+  }
 
   it('joins concurrent ingests of one head: one request minted, no number burned', async () => {
     const w = await world()
@@ -603,6 +646,73 @@ describe('failures', () => {
     await driveUntil(w.clock, () => w.builder.running() === 0)
     expect(w.builder.builds[0]?.result).toBe('aborted')
     await expect(w.run(main.ingest())).rejects.toBeInstanceOf(StoppedError)
+  })
+})
+
+describe('stopping', () => {
+  it('a waitFor after stop settles at once with StoppedError (nothing would ever answer it)', async () => {
+    const w = await world({ builder: { durationMs: 10_000 } })
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    const { id } = await w.run(main.ingest())
+    await driveUntil(w.clock, () => w.builder.running() === 1)
+    await w.run(w.sp.stop())
+    const late = track(main.waitFor(id))
+    await settle()
+    expect(late.settled).toBe(true)
+    expect(late.error).toBeInstanceOf(StoppedError)
+    await expect(main.cancel(id)).rejects.toBeInstanceOf(StoppedError)
+  })
+
+  it('stop returns by its deadline while storage hangs, and reports the write left in flight', async () => {
+    let hang = false
+    const w = await world({
+      wrap: (inner) => ({
+        ...inner,
+        // Once set, commits carrying a queue snapshot never return (a connection that died silently).
+        commit: (ops) => (hang && ops.some((op) => op.op === 'queue.update') ? new Promise(() => undefined) : inner.commit(ops)),
+      }),
+    })
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    hang = true
+    // Recorded green: last green moves, and the queue's snapshot write hangs.
+    expect(await w.run(main.waitFor((await w.run(main.ingest())).id))).toMatchObject({ verdict: 'green' })
+    const before = w.clock.now()
+    const report = await w.run(w.sp.stop({ deadlineMs: 1_000 }), 50)
+    expect(w.clock.now() - before).toBeLessThanOrEqual(1_100)
+    // The snapshot's batch (and whatever shared it) is reported in flight: its outcome is unknown.
+    expect(report.writer.timedOut).toBe(true)
+    expect(report.writer.inFlight).toBeGreaterThan(0)
+  })
+
+  it('stops the runtime when its event log fails (another process writes this node), with the cause', async () => {
+    const { lines, logger } = errorLog()
+    const w = await world({ builder: { durationMs: 1_000 }, runtime: { logger } })
+    // A second process on the same data with the same (default) nodeId: both logs start at seq 0.
+    const other = await createStovepipe({
+      storage: createMemoryStorage({ database: w.database }),
+      sourceControl: w.sc,
+      builder: w.builder,
+      clock: w.clock,
+    })
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    await w.run(main.waitFor((await w.run(main.ingest())).id))
+    const theirs = await w.run(other.queue('other', ref))
+    const { id } = await w.run(theirs.ingest())
+    // Its first transition lands on a seq the first process wrote: the other runtime stops.
+    const waiting = track(theirs.waitFor(id))
+    await driveUntil(w.clock, () => waiting.settled)
+    expect(waiting.error).toBeInstanceOf(StoppedError)
+    expect((waiting.error as Error).message).toBe('the runtime stopped: its event log failed')
+    expect((waiting.error as Error).cause).toBeInstanceOf(EventLogConflictError)
+    await expect(w.run(theirs.ingest())).rejects.toThrow('the runtime stopped: its event log failed')
+    expect((await w.run(other.stop())).eventLog.flushed).toBe(false)
+    // The first process goes on, its log intact.
+    expect(lines.some((line) => line.includes('"level":60'))).toBe(false)
+    w.sc.commit('main', 'a2')
+    expect(await w.run(main.waitFor((await w.run(main.ingest())).id))).toMatchObject({ verdict: 'green' })
   })
 })
 
