@@ -71,6 +71,8 @@ export function exitCodeOf(error: unknown): number {
       return 2
     case 'NOT_FOUND':
       return 3
+    case 'STOPPED':
+      return 5
     default:
       return error.retryable || error.code === 'STORAGE_UNAVAILABLE' ? 4 : 70
   }
@@ -102,7 +104,8 @@ export async function main(argv: readonly string[], io: CliIo): Promise<number> 
   } catch (error) {
     const code = exitCodeOf(error)
     const message = error instanceof Error ? error.message : String(error)
-    io.stderr.write(`stovepipe ${name}: ${message}\n`)
+    const cause = error instanceof Error && error.cause instanceof Error ? ` (${error.cause.message})` : ''
+    io.stderr.write(`stovepipe ${name}: ${message}${cause}\n`)
     if (code === 70 && error instanceof Error && error.stack !== undefined) io.stderr.write(`${error.stack}\n`)
     return code
   }

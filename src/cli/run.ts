@@ -13,8 +13,9 @@ import { createHttpServer } from '../http/index.js'
 import { createStovepipe } from '../runtime/stovepipe.js'
 import { createGitSourceControlProvider } from '../sourcecontrol/git.js'
 import { createStatusReader } from '../status/index.js'
-import { InvalidInputError, StovepipeError } from '../storage/errors.js'
-import { assertQueueName } from '../storage/validation.js'
+import { EventLogConflictError } from '../actors/event-log.js'
+import { InvalidInputError, StoppedError, StovepipeError } from '../storage/errors.js'
+import { assertNodeId, assertQueueName } from '../storage/validation.js'
 import { parseDuration, parseListen, parsePositiveInt, stringOption, type CommandSpec, type Parsed } from './args.js'
 import { cliLogger, type CliIo } from './io.js'
 import { DEFAULT_DB, openState } from './storage.js'
@@ -32,6 +33,12 @@ export const RUN: CommandSpec = {
     queue: { type: 'string', value: '<name>', description: 'the queue name', defaultText: 'the ref name, e.g. main' },
     db: { type: 'string', value: '<path>', description: 'SQLite database file', defaultText: `./${DEFAULT_DB}` },
     mysql: { type: 'string', value: '<uri>', description: 'use a MySQL database instead (several processes share queues)' },
+    'node-id': {
+      type: 'string',
+      value: '<id>',
+      description: "this process's name in the event log; give each process sharing a database its own",
+      defaultText: 'local',
+    },
     poll: { type: 'string', value: '<duration>', description: 'how often to look at the ref', defaultText: '5s' },
     'max-concurrent': { type: 'string', value: '<n>', description: 'builds at once', defaultText: '1' },
     'build-timeout': {
@@ -108,6 +115,8 @@ export async function runCommand(parsed: Parsed, io: CliIo): Promise<number> {
   }
   const hooks = webhook === undefined ? [] : [createWebhookHook({ url: webhook, secret: webhookSecret ?? '' })]
 
+  const nodeId = stringOption(parsed, 'node-id') ?? 'local'
+  assertNodeId(nodeId)
   const storage = await openState({ db: stringOption(parsed, 'db'), mysql: stringOption(parsed, 'mysql') }, io.cwd)
   const progress = (text: string): void => {
     io.stderr.write(`stovepipe: ${text}\n`)
@@ -118,7 +127,7 @@ export async function runCommand(parsed: Parsed, io: CliIo): Promise<number> {
   try {
     const sourceControl = createGitSourceControlProvider()
     const builder = createShellBuilder({ command, logger })
-    sp = await createStovepipe({ storage, sourceControl, builder, logger, hooks })
+    sp = await createStovepipe({ storage, sourceControl, builder, logger, hooks, nodeId })
     const runtime = sp
     const queue = await runtime.queue(queueName, { repo, ref, maxConcurrent, maxValidationMs })
     timeline.follow({
@@ -157,6 +166,13 @@ export async function runCommand(parsed: Parsed, io: CliIo): Promise<number> {
         lastProblem = ''
       } catch (error) {
         if (stopped()) break
+        // The runtime stopped by itself (an actor it cannot do without failed): so does the command.
+        if (error instanceof StoppedError) {
+          if (error.cause instanceof EventLogConflictError) {
+            progress(`another process writes this database's event log as node "${nodeId}": give each process its own --node-id`)
+          }
+          throw error
+        }
         // Bad configuration (not a git repository, a hostile ref) will not fix itself: stop.
         if (error instanceof InvalidInputError) throw error
         const message = error instanceof Error ? error.message : String(error)
@@ -178,6 +194,8 @@ export async function runCommand(parsed: Parsed, io: CliIo): Promise<number> {
     if (sp !== undefined) {
       const report = await sp.stop({ deadlineMs: 10_000 })
       if (report.writer.deadLettered > 0) progress(`${report.writer.deadLettered} writes could not be made durable (see dead letters)`)
+      if (report.writer.inFlight > 0)
+        progress(`${report.writer.inFlight} writes were still in flight at the deadline (storage did not answer); their outcome is unknown`)
     }
     await storage.close()
   }

@@ -222,6 +222,57 @@ describe('stovepipe (end to end)', () => {
     expect(await cli.exited).toBe(0)
   }, 120_000)
 
+  it('two run processes on one database need their own --node-id: the one that finds the other in its log stops (exit 5)', async () => {
+    const { repo, dir, db } = await setup()
+    const hold = join(dir, 'hold')
+    writeFileSync(hold, '')
+    // Builds wait while the file `hold` exists.
+    const check = `#!/bin/sh\nwhile [ -f "${hold}" ]; do sleep 0.05; done\nexit 0\n`
+    const head = await repo.commit('one', { 'check.sh': check })
+    const args = (queue: string, ...more: string[]): string[] => [
+      'run',
+      '--repo',
+      repo.dir,
+      '--build',
+      'sh ./check.sh',
+      '--db',
+      db,
+      '--poll',
+      '100ms',
+      '--http',
+      'off',
+      '--queue',
+      queue,
+      ...more,
+    ]
+    const one = start(args('one'), dir)
+    await one.waitFor(new RegExp(`building ${short(head)} \\(request/one/1\\)`))
+    // Both default to node "local": the second continues the first's log from the same seq.
+    const two = start(args('two'), dir)
+    await two.waitFor(new RegExp(`building ${short(head)} \\(request/two/1\\)`))
+    rmSync(hold)
+    expect(await one.exited).toBe(5)
+    expect(one.stderr()).toContain('the runtime stopped: its event log failed')
+    expect(one.stderr()).toContain('give each process its own --node-id')
+    await two.waitFor(new RegExp(`${short(head)} is green \\(request/two/1, full\\)`))
+    // Restarted under a node id of its own, the first records its request (unless it had
+    // before it stopped: it stops after the transition its log refused) next to the second.
+    const again = start(args('one', '--node-id', 'one'), dir)
+    await again.waitFor(/as queue one/)
+    let gate = await runCli(['last-green', 'one', '--db', db, '--sha'], { cwd: dir })
+    for (let i = 0; i < 100 && gate.code !== 0; i++) {
+      await new Promise((done) => setTimeout(done, 100))
+      gate = await runCli(['last-green', 'one', '--db', db, '--sha'], { cwd: dir })
+    }
+    expect(gate.stdout.trim()).toBe(head)
+    for (const cli of [again, two]) {
+      cli.child.kill('SIGTERM')
+      expect(await cli.exited).toBe(0)
+    }
+    const bad = await runCli(['run', '--build', 'true', '--node-id', 'no spaces'], { cwd: dir })
+    expect(bad.code).toBe(2)
+  }, 120_000)
+
   it('SIGTERM during a build stops gracefully; a restart resumes the same request and records it', async () => {
     const { repo, dir, db } = await setup()
     const marker = join(dir, 'slow')
