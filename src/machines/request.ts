@@ -266,6 +266,37 @@ const retryOrConclude = [
   { target: '#request.concluding', actions: 'gaveUp' as const },
 ]
 /** What a failed final write does: retries while storage is unavailable, else escalates to the queue. */
+/**
+ * The per-project results a build's facts are written from: of the queue's projects, those
+ * the builder reported (another project it names is none of this queue's); without queue
+ * projects, whatever the builder reported.
+ */
+function projectResults(
+  configured: readonly string[] | null,
+  reported: Record<string, 'passed' | 'failed'> | undefined,
+): Record<string, 'passed' | 'failed'> | null {
+  if (reported === undefined) return null
+  if (configured === null) return { ...reported }
+  const kept: Record<string, 'passed' | 'failed'> = {}
+  for (const project of configured) {
+    const outcome = reported[project]
+    if (outcome !== undefined) kept[project] = outcome
+  }
+  return Object.keys(kept).length > 0 ? kept : null
+}
+
+/**
+ * The degree of a build: the fraction of `names` (the projects) that did not pass (a project
+ * the builder did not report did not pass), or without projects 0 when it passed and 1 when
+ * it failed. A failed build is never degree 0: when every project passed, something outside
+ * them broke, and the whole repository counts as broken.
+ */
+function degreeOf(outcome: 'passed' | 'failed', names: readonly string[], projects: Record<string, 'passed' | 'failed'> | null): number {
+  const fraction = names.length === 0 ? 1 : names.filter((name) => projects?.[name] !== 'passed').length / names.length
+  if (outcome === 'failed') return fraction === 0 ? 1 : fraction
+  return names.length === 0 ? 0 : fraction
+}
+
 const retryOrEscalate = [
   { guard: 'retryable' as const, target: 'waiting', actions: 'failedAttempt' as const },
   { actions: 'escalate' as const },
@@ -337,17 +368,13 @@ export const requestMachine = setup({
     buildStored: assign(({ event }) =>
       event.type === 'build.failed' && event.version !== null ? { version: event.version, step: 'processing.building' as const } : {},
     ),
-    built: assign(({ event }) => {
+    built: assign(({ context, event }) => {
       if (event.type !== 'build.done') return {}
       const { result, version } = event
-      const build: BuildSummary = {
-        outcome: result.outcome === 'passed' ? 'passed' : 'failed',
-        projects: result.projects ?? null,
-        log: result.log === undefined ? null : result.log.slice(-64 * 1024),
-      }
-      const projects = build.projects === null ? [] : Object.values(build.projects)
-      const degree =
-        projects.length > 0 ? projects.filter((p) => p === 'failed').length / projects.length : build.outcome === 'passed' ? 0 : 1
+      const outcome = result.outcome === 'passed' ? ('passed' as const) : ('failed' as const)
+      const projects = projectResults(context.projects, result.projects)
+      const build: BuildSummary = { outcome, projects, log: result.log === undefined ? null : result.log.slice(-64 * 1024) }
+      const degree = degreeOf(outcome, context.projects ?? Object.keys(projects ?? {}), projects)
       const verdict = degree === 0 ? ('green' as const) : ('red' as const)
       return { build, degree, verdict, version, step: 'processing.building' as const, attempt: 0 }
     }),

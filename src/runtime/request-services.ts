@@ -355,6 +355,8 @@ class RunningBuild {
     readonly id: string,
     readonly uri: string,
     readonly reply: AnyActorRef,
+    /** The queue's projects (every one must be reported by a build that passed). */
+    readonly projects: readonly string[] | null,
   ) {}
 }
 
@@ -378,9 +380,16 @@ export function buildService(deps: RequestServiceDeps) {
       if (!build.controller.signal.aborted) answer(build, { type: 'build.failed', error, version: build.version })
     }
     const built = (build: RunningBuild, result: BuildResult): void => {
+      const unreported = result.outcome === 'passed' ? (build.projects ?? []).filter((p) => result.projects?.[p] === undefined) : []
       if (result.outcome === 'error') {
         const tail = result.log === undefined ? '' : `: ${result.log.slice(-500)}`
         failed(build, new UnavailableError(`build infrastructure failed for ${build.uri}${tail}`))
+      } else if (unreported.length > 0) {
+        // Not green (a project was not checked), and not red either (nothing failed): retried, then indeterminate.
+        failed(
+          build,
+          new UnavailableError(`the build of ${build.uri} passed but reported no result for project(s) ${unreported.join(', ')}`),
+        )
       } else answer(build, { type: 'build.done', result, version: build.version as number })
     }
     const run = (build: RunningBuild, context: RequestContext, version: number): void => {
@@ -415,7 +424,7 @@ export function buildService(deps: RequestServiceDeps) {
     }
     const start = (context: RequestContext, reply: AnyActorRef, resumed: boolean): void => {
       running.get(context.id)?.controller.abort()
-      const build = new RunningBuild(context.id, context.uri, reply)
+      const build = new RunningBuild(context.id, context.uri, reply, context.projects)
       running.set(context.id, build)
       // A resumed request's row is already at the build step: build at once (after this
       // message, like any build: never inside the service's own step).

@@ -424,6 +424,76 @@ describe('recording', () => {
   })
 })
 
+describe('inconsistent build results are never green', () => {
+  type Reported = { outcome: 'passed' | 'failed'; projects?: Record<string, 'passed' | 'failed'> }
+  const projects = ['api', 'web']
+  const cases: {
+    what: string
+    result: Reported
+    queueProjects?: string[]
+    expected: Record<string, unknown>
+    facts: [string, number][]
+  }[] = [
+    {
+      what: 'a failed build whose projects all passed is red, degree 1 (something outside them broke)',
+      result: { outcome: 'failed', projects: { api: 'passed', web: 'passed' } },
+      queueProjects: projects,
+      expected: { verdict: 'red', degree: 1 },
+      facts: [
+        ['', 1],
+        ['api', 0],
+        ['web', 0],
+      ],
+    },
+    {
+      what: 'a failed build without projects on a queue without projects is red, degree 1',
+      result: { outcome: 'failed' },
+      expected: { verdict: 'red', degree: 1 },
+      facts: [['', 1]],
+    },
+    {
+      what: 'a failed build counts a project it did not report as not passed',
+      result: { outcome: 'failed', projects: { api: 'passed' } },
+      queueProjects: projects,
+      expected: { verdict: 'red', degree: 0.5 },
+      facts: [
+        ['', 0.5],
+        ['api', 0],
+      ],
+    },
+    {
+      what: 'a project the queue does not have gets no fact and does not count',
+      result: { outcome: 'passed', projects: { api: 'passed', web: 'passed', extra: 'failed' } },
+      queueProjects: projects,
+      expected: { verdict: 'green', degree: 0 },
+      facts: [
+        ['', 0],
+        ['api', 0],
+        ['web', 0],
+      ],
+    },
+    {
+      what: 'a passed build that does not report every project is retried, then indeterminate (no fact)',
+      result: { outcome: 'passed', projects: { api: 'passed' } },
+      queueProjects: projects,
+      expected: { verdict: 'indeterminate', reason: expect.stringContaining('reported no result for project(s) web') as string },
+      facts: [],
+    },
+  ]
+  for (const { what, result, queueProjects, expected, facts } of cases) {
+    it(what, async () => {
+      const w = await world({ builder: { outcome: () => result } })
+      const config = { ref: 'main', maxAttempts: 2, ...(queueProjects === undefined ? {} : { projects: queueProjects }) }
+      const main = await w.run(w.sp.queue('main', config))
+      w.sc.commit('main', 'a1')
+      const { id } = await w.run(main.ingest())
+      expect(await w.run(main.waitFor(id), 100)).toMatchObject(expected)
+      expect((await w.storage.facts.listByUri('main', 'fake://a1')).map((f) => [f.project, f.degree])).toEqual(facts)
+      expect(main.lastGreen()?.requestId).toBe(expected.verdict === 'green' ? id : undefined)
+    })
+  }
+})
+
 describe('failures', () => {
   it('retries transient errors with backoff on the clock, then records indeterminate', async () => {
     const w = await world({ builder: { outcome: () => 'error' } })
