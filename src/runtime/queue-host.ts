@@ -12,7 +12,7 @@ import type { Writer, WriterResult } from '../actors/writer.js'
 import type { LastGreenPayload, LastGreenRef } from '../hooks/types.js'
 import { queueMachine, requestActorId, type QueueActor, type QueueConfig, type QueueContext } from '../machines/queue.js'
 import type { AnyActorRef } from 'xstate'
-import { newRequestContext } from '../machines/request.js'
+import { newRequestContext, type RequestContext } from '../machines/request.js'
 import type { SourceControl } from '../sourcecontrol/types.js'
 import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError } from '../storage/errors.js'
 import {
@@ -413,7 +413,12 @@ export class QueueHost implements QueueHandle {
       const winner = await this.deps.storage.requestUris.getIdByUri(this.name, uri)
       // The claim is ours when a retried commit had applied and only its acknowledgement was
       // lost (the row then reports already_exists too): go on as if it had been acknowledged.
-      if (winner !== id) return this.reuse(winner, uri)
+      if (winner !== id) {
+        // Another process claimed the head first (the claim and the row share a transaction,
+        // not an outcome): the row just created must not be validated at the next start.
+        if (row?.status === 'ok') await this.retire(record, winner)
+        return this.reuse(winner, uri)
+      }
     } else {
       if (claim?.status !== 'ok') throw writeFailure(claim ?? { status: 'not_found' }, `claim of ${uri}`)
       if (row?.status !== 'ok') throw writeFailure(row ?? { status: 'not_found' }, `request ${id}`)
@@ -423,6 +428,16 @@ export class QueueHost implements QueueHandle {
     this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })
     this.deps.onIngest(false)
     return { id, uri, deduplicated: false }
+  }
+
+  /** Ends a request row that lost the claim of its head: superseded by the winner's request. */
+  private async retire(record: RequestRecord, winner: string): Promise<void> {
+    const at = Math.max(0, Math.floor(this.deps.clock.now()))
+    const { context } = record.data as unknown as { context: RequestContext }
+    const ended = requestRecord({ ...context, supersededBy: winner, endedAt: at }, 'superseded', 'superseded', 1, at)
+    const [result] = await this.deps.writer.write([{ op: 'request.update', record: ended, oldVersion: 0, newVersion: 1 }])
+    if (result?.status !== 'ok')
+      this.deps.logger.error({ queue: this.name, requestId: record.id, winner }, 'a request that lost the claim of its head stays accepted')
   }
 
   private newRecord(id: string, n: number, uri: string, at: number): RequestRecord {

@@ -180,6 +180,30 @@ describe('ingest', () => {
     })
   }
 
+  it('two processes ingesting one head: the one that loses the claim ends its own row superseded and reuses the winner', async () => {
+    const w = await world()
+    await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    // A second process on the same data (it loads the queue at start).
+    const other = await createStovepipe({
+      storage: createMemoryStorage({ database: w.database }),
+      sourceControl: w.sc,
+      builder: w.builder,
+      clock: w.clock,
+      nodeId: 'other',
+    })
+    const [mine, theirs] = [await w.run(w.sp.queue('main')), await w.run(other.queue('main'))]
+    const results = await w.run(Promise.all([mine.ingest(), theirs.ingest()]))
+    expect(results.map((r) => r.id)).toEqual(['request/main/1', 'request/main/1'])
+    expect(results.map((r) => r.deduplicated)).toEqual([false, true])
+    // Both took a number; the loser's row exists (the race happened) and is ended, not left to validate.
+    expect(await w.storage.requests.get('request/main/2')).toMatchObject({ state: 'superseded', uri: 'fake://a1' })
+    expect(await w.run(w.sp.request('request/main/2'))).toMatchObject({ supersededBy: 'request/main/1' })
+    await w.run(other.stop())
+    const restarted = await w.crash()
+    expect((await w.run(restarted.queue('main'))).inFlight().map((r) => r.id)).not.toContain('request/main/2')
+  })
+
   it('joins concurrent ingests of one head: one request minted, no number burned', async () => {
     const w = await world()
     w.sc.commit('main', 'a1')
