@@ -255,19 +255,15 @@ export const queueMachine = setup({
         const inFlight = requests[other] as InFlight
         if (inFlight.state === 'accepted' && inFlight.n > newestN) [newest, newestN] = [other, inFlight.n]
       }
-      let superseded = 0
       for (const other in requests) {
         const inFlight = requests[other] as InFlight
         if (other !== newest && inFlight.state === 'accepted' && inFlight.n < newestN) {
           requests[other] = { ...inFlight, state: 'superseding' }
           enqueue.sendTo(requestActorId(other), { type: 'SUPERSEDE', by: newest, at })
-          superseded++
         }
       }
-      enqueue.assign({
-        requests,
-        stats: { ...context.stats, accepted: context.stats.accepted + 1, superseded: context.stats.superseded + superseded },
-      })
+      // Superseded requests are counted when they end so (one being cancelled ends cancelled).
+      enqueue.assign({ requests, stats: { ...context.stats, accepted: context.stats.accepted + 1 } })
     }),
     /** Starts waiting requests, oldest first, while the gate has free slots. */
     admit: enqueueActions(({ enqueue, context, event }) => {
@@ -324,8 +320,8 @@ export const queueMachine = setup({
         if (event.verdict === 'green' && (lastGreen === null || event.n > lastGreen.n)) {
           lastGreen = { uri: event.uri, requestId: event.id, n: event.n, at: event.at }
         }
-      } else if (event.type === 'request.ended' && event.state === 'cancelled') {
-        stats.cancelled++
+      } else if (event.type === 'request.ended') {
+        stats[event.state]++
       } else if (event.type === 'request.salvaged') {
         stats.indeterminate++
       }

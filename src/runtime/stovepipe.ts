@@ -566,7 +566,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
 
   // Recovery: every queue, with its requests that had not ended.
   for (const record of await storage.queues.list()) {
-    if (stopping) break // a runtime actor failed meanwhile
+    if (hostDeps.stopped() !== undefined) break // a runtime actor failed meanwhile (set by a callback)
     let config: QueueConfig
     try {
       config = normalizeQueueConfig(record.config)
@@ -619,9 +619,10 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     }
   }
 
-  if (stopping) {
+  const stoppedWhileRecovering = hostDeps.stopped()
+  if (stoppedWhileRecovering !== undefined) {
     await stopReport
-    throw fatal ?? new StoppedError('the runtime stopped while it recovered')
+    throw stoppedWhileRecovering
   }
   dispatcher?.start()
 

@@ -324,12 +324,30 @@ describe('queue machine', () => {
     accepted(1) // holds the only slot
     accepted(3) // waits
     accepted(2) // older than the waiting one
-    const { requests, stats } = actor.getSnapshot().context
+    const { requests } = actor.getSnapshot().context
     expect(requests['request/main/2']?.state).toBe('superseding')
     expect(requests['request/main/3']?.state).toBe('accepted')
-    expect(stats.superseded).toBe(1)
     expect(events).toContainEqual({ id: 'request/main/2', type: 'SUPERSEDE' })
     expect(events).not.toContainEqual({ id: 'request/main/3', type: 'SUPERSEDE' })
+    // Counted once it has ended so.
+    expect(actor.getSnapshot().context.stats.superseded).toBe(0)
+    actor.send({ type: 'request.ended', id: 'request/main/2', n: 2, state: 'superseded', at: 0 })
+    expect(actor.getSnapshot().context.stats).toMatchObject({ superseded: 1, cancelled: 0 })
+  })
+
+  it('counts a request told SUPERSEDE while it was being cancelled once, as it ended (cancelled)', () => {
+    const events: { id: string; type: string }[] = []
+    const { actor } = stuckQueue(events)
+    const accepted = (n: number): void => {
+      actor.send({ type: 'request.accepted', id: `request/main/${n}`, n, uri: `fake://a${n}`, version: 0, createdAt: 0, at: 0 })
+    }
+    accepted(1) // holds the only slot
+    accepted(2) // waits
+    actor.send({ type: 'cancel', id: 'request/main/2', at: 0 })
+    accepted(3) // supersedes 2, which is still writing its cancel
+    expect(events).toContainEqual({ id: 'request/main/2', type: 'SUPERSEDE' })
+    actor.send({ type: 'request.ended', id: 'request/main/2', n: 2, state: 'cancelled', at: 0 })
+    expect(actor.getSnapshot().context.stats).toMatchObject({ accepted: 3, superseded: 0, cancelled: 1 })
   })
 
   it("names each request's actor by its number among the queue's children, and stops it when it ends", () => {
