@@ -366,7 +366,10 @@ class GroupCommitWriter implements Writer {
         remaining: ops.length,
         resolve,
       }
-      ops.forEach((op, index) => {
+      // A storage without the prepared path (e.g. a wrapper) commits the ops themselves: a
+      // copy of them as written, so a caller changing its objects afterwards changes nothing.
+      const own = this.storage[COMMIT_PREPARED] === undefined ? structuredClone(ops) : ops
+      own.forEach((op, index) => {
         this.queue.push({ op, prepared: prepared[index] as PreparedOp, job, index })
       })
       this.counts.accepted += ops.length

@@ -194,6 +194,21 @@ describe('writer', () => {
     expect(writer.stats()).toMatchObject({ pending: 1, deadLettered: 2 })
   })
 
+  it('commits ops as they were written, even through a storage wrapper and when the caller changes its objects afterwards', async () => {
+    const clock = new SimulatedClock()
+    const inner = createMemoryStorage()
+    // A wrapper (spread) has no prepared-commit path: the writer hands it the ops themselves.
+    const storage: Storage = { ...inner, commit: (ops) => inner.commit(ops) }
+    const writer = createWriter({ storage, clock, lingerMs: 1, name: 'w' })
+    const op = create(1)
+    const written = track(writer.write([op]))
+    if (op.op === 'request.create') op.record.uri = 'fake://changed-after-write'
+    await driveUntil(clock, () => written.settled)
+    expect(written.value?.map((r) => r.status)).toEqual(['ok'])
+    const original = sampleRequest('main', 1)
+    expect((await inner.requests.get(original.id)).uri).toBe(original.uri)
+  })
+
   it('rejects bad input with InvalidInputError and accepts nothing of that write', async () => {
     const writer = createWriter({ storage: createMemoryStorage(), clock: new SimulatedClock(), name: 'w' })
     await expect(writer.write([create(1), { op: 'fact.put', fact: sampleFact('main', 1, { degree: 2 }) }])).rejects.toBeInstanceOf(
