@@ -86,6 +86,19 @@ describeMysql('mysql storage', () => {
     expect(await storage.counters.next('main')).toBe(1)
   })
 
+  it('a batch that keeps meeting duplicate keys (concurrent inserts) fails with StorageUnavailableError, not AlreadyExistsError', async () => {
+    const { storage, url } = await openFresh({ maxCommitAttempts: 2 })
+    const side = await mysql.createConnection({ uri: url })
+    // As if another writer inserted the same key between this batch's read and its insert, every time.
+    await side.query(`CREATE TRIGGER collide BEFORE INSERT ON facts FOR EACH ROW
+      SIGNAL SQLSTATE '23000' SET MYSQL_ERRNO = 1062, MESSAGE_TEXT = 'Duplicate entry for key PRIMARY'`)
+    await side.end()
+    const error = await storage.commit([{ op: 'fact.put', fact: sampleFact('main', 1) }]).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(StorageUnavailableError)
+    expect((error as Error).message).toContain('duplicate')
+    await expect(storage.facts.get('main', sampleFact('main', 1).uri)).rejects.toMatchObject({ code: 'NOT_FOUND' })
+  })
+
   it('reports a lock held too long as StorageUnavailableError (retryable), writing nothing', async () => {
     const { storage, url } = await openFresh({ maxCommitAttempts: 1 })
     await storage.requests.create(sampleRequest('main', 1))

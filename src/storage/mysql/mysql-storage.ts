@@ -326,7 +326,16 @@ class MysqlBackend implements StorageBackend {
         } catch (error) {
           fatal = isFatal(error)
           if (!fatal) await connection.rollback().catch(() => undefined)
-          if (fatal || attempt >= this.maxAttempts || !RETRY_CODES.has(errorCode(error))) throw error
+          if (fatal || !RETRY_CODES.has(errorCode(error))) throw error
+          if (attempt >= this.maxAttempts) {
+            // Every attempt met a key another writer inserted meanwhile: contention, which may
+            // pass (the per-op outcome `already_exists` comes from a batch that got through).
+            if (errorCode(error) !== 'ER_DUP_ENTRY') throw error
+            throw new StorageUnavailableError(
+              `MySQL at ${this.where}: the batch met a duplicate key (a concurrent insert) on each of ${attempt + 1} attempts`,
+              { cause: error },
+            )
+          }
         }
       }
     } catch (error) {
