@@ -67,7 +67,7 @@ export function timerService(clock: { now(): number }) {
 
     const tick = (): void => {
       armed = undefined
-      const now = clock.now()
+      const now = Math.floor(clock.now())
       let next: number | undefined
       for (const [queue, at] of due) {
         if (!isRunning(queue)) {

@@ -246,7 +246,8 @@ export class QueueHost implements QueueHandle {
 
   /** The moves a write carried were stored (or already were): forget them; wake the dispatcher. */
   private movesWritten(count: number, results: readonly WriterResult[]): void {
-    if (results.some((result) => result.status === 'ok')) this.deps.outboxWritten()
+    // `already_exists`: stored by an earlier attempt whose acknowledgement was lost.
+    if (results.some((result) => result.status === 'ok' || result.status === 'already_exists')) this.deps.outboxWritten()
     const lost = results.find((result) => result.status === 'dead_lettered')
     if (lost === undefined) this.moves.splice(0, count)
     else

@@ -95,7 +95,8 @@ export function outboxOutcome(
   results: readonly WriterResult[],
   what: string,
 ): void {
-  if (results.some((result) => result.status === 'ok')) deps.outboxWritten()
+  // `already_exists`: stored by an earlier attempt whose acknowledgement was lost (the dispatcher may not know yet).
+  if (results.some((result) => result.status === 'ok' || result.status === 'already_exists')) deps.outboxWritten()
   const lost = results.find((result) => result.status === 'dead_lettered')
   if (lost !== undefined)
     deps.logger.error({ err: writeFailure(lost, what) }, 'a hook notification was not stored; hooks will not hear of this change')
@@ -169,6 +170,13 @@ export async function persistStep(
       deps.committed(stored)
       return oldVersion + 1
     }
+    // An earlier attempt of this final write applied, and its acknowledgement was lost (the
+    // writer then gave up on it, and the machine retried with a context changed since): the
+    // request ended so. Only its own actor writes its row while it runs.
+    if (stored !== undefined && stored.version > oldVersion && stored.state === state && FINAL_REQUEST_STATES.includes(state)) {
+      deps.committed(stored)
+      return stored.version
+    }
     if (tries > 0 || stored === undefined || stored.version <= oldVersion || FINAL_REQUEST_STATES.includes(stored.state)) {
       throw new VersionMismatchError(
         `request ${context.id} could not move to ${step}: stored ${stored === undefined ? 'row is missing' : `at ${stored.state} v${stored.version}`}, expected v${oldVersion}`,
@@ -227,8 +235,35 @@ export function stepWork(deps: RequestServiceDeps): StepWorkers {
     }
   }
 
+  /**
+   * The outcome of a request whose row is already recorded (an earlier attempt of this step
+   * committed it, its acknowledgement lost), or undefined when it is not.
+   */
+  const recordedBefore = async (id: string): Promise<RecordOutput | undefined> => {
+    const row = await deps.storage.requests.get(id).catch(() => undefined)
+    const stored = (row?.data as { context?: RequestContext } | undefined)?.context
+    if (row?.state !== 'recorded' || stored === undefined) return undefined
+    deps.committed(row)
+    const { verdict, degree, reason, factWritten, endedAt } = stored
+    return {
+      verdict: verdict ?? 'indeterminate',
+      degree,
+      reason,
+      factWritten: factWritten ?? false,
+      version: row.version,
+      at: endedAt ?? row.updatedAt,
+    }
+  }
+
   const record = async (input: StepInput): Promise<RecordOutput> => {
-    const context = await enter(input)
+    let context: RequestContext
+    try {
+      context = await enter(input)
+    } catch (error) {
+      const before = error instanceof VersionMismatchError ? await recordedBefore(input.context.id) : undefined
+      if (before === undefined) throw error
+      return before
+    }
     const at = Math.max(0, Math.floor(deps.clock.now()))
     const verdict: Verdict = context.verdict ?? 'indeterminate'
     const degree = context.degree

@@ -565,60 +565,69 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
   }
 
   // Recovery: every queue, with its requests that had not ended.
-  for (const record of await storage.queues.list()) {
-    if (hostDeps.stopped() !== undefined) break // a runtime actor failed meanwhile (set by a callback)
-    let config: QueueConfig
-    try {
-      config = normalizeQueueConfig(record.config)
-    } catch (error) {
-      logger.error({ err: error, queue: record.name }, 'queue has an invalid stored config; not started')
-      continue
-    }
-    const rows = await allRows(storage, record.name, ['accepted', 'processing'])
-    const contexts = rows.map((row): RequestContext => {
-      const data = (row.data ?? {}) as { step?: RequestStep; context?: RequestContext }
-      const n = parseRequestId(row.id, record.name)
-      const base =
-        data.context ??
-        newRequestContext({
+  const recover = async (): Promise<void> => {
+    for (const record of await storage.queues.list()) {
+      if (hostDeps.stopped() !== undefined) break // a runtime actor failed meanwhile (set by a callback)
+      let config: QueueConfig
+      try {
+        config = normalizeQueueConfig(record.config)
+      } catch (error) {
+        logger.error({ err: error, queue: record.name }, 'queue has an invalid stored config; not started')
+        continue
+      }
+      const rows = await allRows(storage, record.name, ['accepted', 'processing'])
+      const contexts = rows.map((row): RequestContext => {
+        const data = (row.data ?? {}) as { step?: RequestStep; context?: RequestContext }
+        const n = parseRequestId(row.id, record.name)
+        const base =
+          data.context ??
+          newRequestContext({
+            id: row.id,
+            queue: record.name,
+            uri: row.uri,
+            n,
+            version: row.version,
+            createdAt: row.createdAt,
+            maxAttempts: config.maxAttempts,
+          })
+        return {
+          ...base,
           id: row.id,
           queue: record.name,
           uri: row.uri,
           n,
           version: row.version,
+          step: data.step ?? 'accepted',
           createdAt: row.createdAt,
-          maxAttempts: config.maxAttempts,
-        })
-      return {
-        ...base,
-        id: row.id,
-        queue: record.name,
-        uri: row.uri,
-        n,
-        version: row.version,
-        step: data.step ?? 'accepted',
-        createdAt: row.createdAt,
+        }
+      })
+      const persisted = (record.snapshot as { context?: Partial<QueueContext> } | undefined)?.context
+      const storedLastGreen: QueueLastGreen | null =
+        record.lastGreen === undefined ? null : { ...record.lastGreen, n: parseRequestId(record.lastGreen.requestId, record.name) }
+      // The snapshot may lag the facts: never start from an older last green than storage shows.
+      const scanned = await newestGreen({ storage, writer, logger, now }, record.name, storedLastGreen?.n ?? 0)
+      const fresh = newQueueContext(record.name, config)
+      const context: QueueContext = {
+        ...fresh,
+        lastGreen: scanned ?? storedLastGreen,
+        stats: { ...fresh.stats, ...(persisted?.stats ?? {}) },
       }
-    })
-    const persisted = (record.snapshot as { context?: Partial<QueueContext> } | undefined)?.context
-    const storedLastGreen: QueueLastGreen | null =
-      record.lastGreen === undefined ? null : { ...record.lastGreen, n: parseRequestId(record.lastGreen.requestId, record.name) }
-    // The snapshot may lag the facts: never start from an older last green than storage shows.
-    const scanned = await newestGreen({ storage, writer, logger, now }, record.name, storedLastGreen?.n ?? 0)
-    const fresh = newQueueContext(record.name, config)
-    const context: QueueContext = {
-      ...fresh,
-      lastGreen: scanned ?? storedLastGreen,
-      stats: { ...fresh.stats, ...(persisted?.stats ?? {}) },
-    }
-    // A newer green found by the scan moves last green: the host persists it with its hook notifications.
-    const host = spawnQueue(record.name, context, record.version, record.lastGreen ?? null)
-    if (contexts.length > 0) {
-      logger.info({ queue: record.name, requests: contexts.length }, 'resuming requests in flight')
-      host.actor.send({ type: 'resume', requests: contexts, at: now() })
+      // A newer green found by the scan moves last green: the host persists it with its hook notifications.
+      const host = spawnQueue(record.name, context, record.version, record.lastGreen ?? null)
+      if (contexts.length > 0) {
+        logger.info({ queue: record.name, requests: contexts.length }, 'resuming requests in flight')
+        host.actor.send({ type: 'resume', requests: contexts, at: now() })
+      }
     }
   }
-
+  try {
+    await recover()
+  } catch (error) {
+    // A recovery that failed (storage) or was cut short (a runtime actor failed meanwhile)
+    // leaves nothing running: the queues resumed so far would build on with no caller.
+    await stopOnce(10_000)
+    throw fatal ?? error
+  }
   const stoppedWhileRecovering = hostDeps.stopped()
   if (stoppedWhileRecovering !== undefined) {
     await stopReport

@@ -3,7 +3,14 @@ import { Registry } from 'prom-client'
 import { SimulatedClock } from 'xstate'
 import { describe, expect, it } from 'vitest'
 import { createWriter, EntryQueue, type Entry, type WriterResult } from '../../src/actors/writer.js'
-import { InvalidInputError, StoppedError, type Storage, type WriteOp } from '../../src/storage/index.js'
+import {
+  InvalidInputError,
+  StoppedError,
+  StorageUnavailableError,
+  type Storage,
+  type WriteOp,
+  type WriteResult,
+} from '../../src/storage/index.js'
 import { createMemoryStorage } from '../../src/storage/memory/index.js'
 import { createFaultyStorage, sampleFact, sampleRequest } from '../../src/testing/index.js'
 import { driveUntil, settle, track } from '../support/drive.js'
@@ -193,6 +200,56 @@ describe('writer', () => {
     expect(stuck.settled).toBe(false)
     expect(writer.stats()).toMatchObject({ pending: 1, deadLettered: 2 })
   })
+
+  for (const how of ['succeeds', 'fails transiently'] as const) {
+    it(`a commit that hung past the stop deadline and later ${how} settles each write once, none both dead-lettered and committed`, async () => {
+      const clock = new SimulatedClock()
+      const inner = createMemoryStorage()
+      let release: ((fail?: Error) => void) | undefined
+      let hang = true
+      const storage: Storage = {
+        ...inner,
+        commit: (ops) => {
+          if (!hang || ops.every((op) => op.op === 'deadLetter.put')) return inner.commit(ops)
+          return new Promise<WriteResult[]>((resolve, reject) => {
+            release = (fail) => {
+              if (fail === undefined) resolve(inner.commit(ops))
+              else reject(fail)
+            }
+          })
+        },
+      }
+      const writer = createWriter({
+        storage,
+        clock,
+        lingerMs: 0,
+        maxBatch: 1,
+        retry: { maxAttempts: 3, baseDelayMs: 10, maxDelayMs: 10 },
+        name: 'w',
+      })
+      let settles = 0
+      const count = (results: WriterResult[]): WriterResult[] => {
+        settles++
+        return results
+      }
+      // One job of two ops split across batches (maxBatch 1), and a second job.
+      const first = track(writer.write([create(1), create(2)]).then(count))
+      const second = track(writer.write([create(3)]).then(count))
+      await settle()
+      const stopped = track(writer.stop({ deadlineMs: 100 }))
+      await driveUntil(clock, () => stopped.settled)
+      expect(stopped.value).toMatchObject({ committed: 0, deadLettered: 2, timedOut: true, inFlight: 1 })
+      expect(second.value?.map((r) => r.status)).toEqual(['dead_lettered'])
+      hang = false
+      release?.(how === 'succeeds' ? undefined : new StorageUnavailableError('connection reset'))
+      await driveUntil(clock, () => first.settled)
+      await settle(10)
+      expect(settles).toBe(2)
+      expect(first.value?.map((r) => r.status)).toEqual([how === 'succeeds' ? 'ok' : 'dead_lettered', 'dead_lettered'])
+      expect((await inner.requests.listByQueue('main')).items.map((r) => r.id)).toEqual(how === 'succeeds' ? ['request/main/1'] : [])
+      expect(writer.stats()).toMatchObject({ pending: 0, committed: how === 'succeeds' ? 1 : 0, deadLettered: how === 'succeeds' ? 2 : 3 })
+    })
+  }
 
   it('commits ops as they were written, even through a storage wrapper and when the caller changes its objects afterwards', async () => {
     const clock = new SimulatedClock()

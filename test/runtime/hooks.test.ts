@@ -6,7 +6,7 @@
 import { SimulatedClock } from 'xstate'
 import { describe, expect, it } from 'vitest'
 import type { LastGreenPayload, VerdictPayload } from '../../src/hooks/index.js'
-import { InvalidInputError, createStovepipe, type WriteOp } from '../../src/index.js'
+import { InvalidInputError, StorageUnavailableError, createStovepipe, type WriteOp } from '../../src/index.js'
 import { createMemoryStorage } from '../../src/storage/memory/index.js'
 import { createFakeSourceControl } from '../../src/sourcecontrol/fake.js'
 import { createFakeBuilder } from '../../src/build/fake.js'
@@ -267,5 +267,42 @@ describe('hooks in the runtime', () => {
     await expect(createStovepipe({ ...base, hooks: [hook, { ...hook }] })).rejects.toBeInstanceOf(InvalidInputError)
     await expect(createStovepipe({ ...base, hooks: [{ name: 'no/slash', onVerdict: hook.onVerdict }] })).rejects.toThrow(/name/)
     await expect(createStovepipe({ ...base, hooks: [hook], hookRetry: { maxAttempts: -1 } })).rejects.toThrow(/maxAttempts/)
+  })
+})
+
+describe('hooks and lost acknowledgements', () => {
+  it('delivers a verdict notification whose commit applied but lost its acknowledgement', async () => {
+    const clock = new SimulatedClock()
+    clock.set(1_700_000_000_000)
+    const hook = recordingHook(clock)
+    let lose = true
+    const w = await world({
+      clock,
+      runtime: { hooks: [hook] },
+      builder: { outcome: () => 'failed' },
+      wrap: (inner) => ({
+        ...inner,
+        commit: async (ops: readonly WriteOp[]) => {
+          const results = await inner.commit(ops)
+          const i = ops.findIndex((op) => op.op === 'request.update' && op.record.state === 'recorded')
+          if (lose && i >= 0 && results[i]?.status === 'ok' && ops.some((op) => op.op === 'outbox.put')) {
+            lose = false
+            throw new StorageUnavailableError('the commit applied; its acknowledgement was lost')
+          }
+          return results
+        },
+      }),
+    })
+    const main = await w.run(w.sp.queue('main', { ref: 'main' }))
+    w.sc.commit('main', 'r1')
+    const { id } = await w.run(main.ingest())
+    expect(await w.run(main.waitFor(id))).toMatchObject({ state: 'recorded', verdict: 'red' })
+    expect(lose).toBe(false)
+    // The retry found the entry stored (already_exists): the dispatcher is woken all the same.
+    for (let i = 0; i < 50 && hook.delivered().length === 0; i++) {
+      clock.increment(100)
+      await settle(5)
+    }
+    expect(hook.delivered().map((c) => (c.payload as VerdictPayload).requestId)).toEqual([id])
   })
 })

@@ -4,8 +4,10 @@
  * times; counters continue; facts are never written twice; last green never regresses.
  */
 import { describe, expect, it } from 'vitest'
+import { createStovepipe, EventLogConflictError, StoppedError, StorageUnavailableError, type Storage } from '../../src/index.js'
+import { createMemoryStorage } from '../../src/storage/memory/index.js'
 import { describeRequest } from '../../src/runtime/views.js'
-import { driveUntil } from '../support/drive.js'
+import { driveUntil, settle, track } from '../support/drive.js'
 import { world, type World } from '../support/runtime.js'
 
 async function buildingRequest(w: World, config: Record<string, unknown> = {}): Promise<string> {
@@ -169,5 +171,71 @@ describe('recovery', () => {
     const done = await w.run((await w.run(sp.queue('main'))).waitFor(id))
     expect(done).toMatchObject({ state: 'recorded', verdict: 'green', factWritten: true })
     expect(await w.storage.facts.get('main', 'fake://a1')).toEqual(fact)
+  })
+})
+
+describe('recovery that cannot finish', () => {
+  it('a storage error during recovery rejects createStovepipe and leaves nothing running', async () => {
+    const w = await world({ builder: { durationMs: 10_000 } })
+    const a = await w.run(w.sp.queue('a', { ref: 'main' }))
+    const b = await w.run(w.sp.queue('b', { ref: 'main' }))
+    w.sc.commit('main', 'a1')
+    await w.run(b.waitFor((await w.run(b.ingest())).id))
+    await w.run(a.ingest())
+    await driveUntil(w.clock, () => w.builder.running() === 1)
+    await w.storage.close()
+    w.sp.root.stop()
+    // b's stored snapshot lags (no last green), so recovery reads the fact of its green row; that read fails.
+    const raw = createMemoryStorage({ database: w.database })
+    const queueB = await raw.queues.get('b')
+    const lagging = { ...queueB, version: queueB.version + 1 }
+    delete lagging.lastGreen
+    await raw.queues.update(lagging, queueB.version, queueB.version + 1)
+    const storage: Storage = {
+      ...raw,
+      facts: {
+        ...raw.facts,
+        get: () => Promise.reject(new StorageUnavailableError('blip')),
+      },
+    }
+    const started = track(createStovepipe({ storage, sourceControl: w.sc, builder: w.builder, clock: w.clock }))
+    await driveUntil(w.clock, () => started.settled)
+    expect(started.error).toBeInstanceOf(StorageUnavailableError)
+    // Queue a was resumed before b failed: its build was stopped with the runtime nobody holds.
+    await settle()
+    w.clock.increment(20_000)
+    await settle()
+    expect(w.builder.running()).toBe(0)
+    expect(w.builder.builds.slice(1).map((build) => build.result)).toEqual(w.builder.builds.slice(1).map(() => 'aborted'))
+  })
+
+  it('an event log that fails during recovery (another process writes its node) rejects createStovepipe with the cause', async () => {
+    const w = await world({ builder: { durationMs: 10_000 } })
+    const a = await w.run(w.sp.queue('a', { ref: 'main' }))
+    await w.run(w.sp.queue('b', { ref: 'main' }))
+    w.sc.commit('main', 'a1')
+    await w.run(a.ingest())
+    await driveUntil(w.clock, () => w.builder.running() === 1)
+    await w.storage.close()
+    w.sp.root.stop()
+    const raw = createMemoryStorage({ database: w.database })
+    const storage: Storage = {
+      ...raw,
+      // The new log starts at seq 0, where rows already are: its first write conflicts.
+      events: { ...raw.events, last: () => Promise.resolve(undefined) },
+      requests: {
+        ...raw.requests,
+        // Reading queue b takes a while (real I/O): queue a's resumed request logs meanwhile.
+        listByQueue: async (queue, options) => {
+          if (queue === 'b') for (let i = 0; i < 50; i++) await new Promise((resolve) => setImmediate(resolve))
+          return raw.requests.listByQueue(queue, options)
+        },
+      },
+    }
+    const started = track(createStovepipe({ storage, sourceControl: w.sc, builder: w.builder, clock: w.clock }))
+    await driveUntil(w.clock, () => started.settled)
+    expect(started.error).toBeInstanceOf(StoppedError)
+    expect((started.error as Error).message).toBe('the runtime stopped: its event log failed')
+    expect((started.error as Error).cause).toBeInstanceOf(EventLogConflictError)
   })
 })

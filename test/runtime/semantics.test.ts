@@ -180,6 +180,51 @@ describe('ingest', () => {
     })
   }
 
+  for (const ending of ['recorded', 'cancelled'] as const) {
+    it(`a final write that applied, lost its acknowledgement and was then given up by the writer still ends the request ${ending}`, async () => {
+      // The machine retries the step with a context changed since (attempt, time): the row it
+      // finds is not that write, but it is in the state the request was ending in.
+      let phase: 'idle' | 'lose' | 'down' | 'up' = ending === 'recorded' ? 'lose' : 'idle'
+      const { lines, logger } = errorLog()
+      const w = await world({
+        builder: { durationMs: ending === 'recorded' ? 1_000 : 10_000 },
+        runtime: { logger, writer: { retry: { maxAttempts: 2, baseDelayMs: 10, maxDelayMs: 10 } } },
+        wrap: (inner) => ({
+          ...inner,
+          commit: async (ops: readonly WriteOp[]) => {
+            const index = ops.findIndex((op) => op.op === 'request.update' && op.record.state === ending)
+            if (index >= 0 && phase === 'lose') {
+              const results = await inner.commit(ops)
+              if (results[index]?.status !== 'ok') return results
+              phase = 'down'
+              throw new StorageUnavailableError('the commit applied; its acknowledgement was lost')
+            }
+            if (index >= 0 && phase === 'down') {
+              phase = 'up'
+              throw new StorageUnavailableError('still down: the writer gives up on this write')
+            }
+            return inner.commit(ops)
+          },
+        }),
+      })
+      const main = await w.run(w.sp.queue('main', ref))
+      w.sc.commit('main', 'a1')
+      const { id } = await w.run(main.ingest())
+      if (ending === 'cancelled') {
+        await driveUntil(w.clock, () => w.builder.running() === 1)
+        phase = 'lose'
+        expect(await w.run(main.cancel(id))).toEqual({ id, cancelled: true, state: 'cancelled' })
+      } else {
+        expect(await w.run(main.waitFor(id))).toMatchObject({ state: 'recorded', verdict: 'green' })
+        expect(main.lastGreen()?.requestId).toBe(id)
+      }
+      expect(phase).toBe('up')
+      expect(lines.filter((line) => line.includes('request actor failed'))).toEqual([])
+      expect(main.stats()).toMatchObject(ending === 'recorded' ? { green: 1, indeterminate: 0 } : { cancelled: 1, indeterminate: 0 })
+      expect((await w.storage.requests.get(id)).state).toBe(ending)
+    })
+  }
+
   it('two processes ingesting one head: the one that loses the claim ends its own row superseded and reuses the winner', async () => {
     const w = await world()
     await w.run(w.sp.queue('main', ref))
