@@ -18,8 +18,10 @@
  *   failure), a shell that could not start, a process killed by a signal Stovepipe did
  *   not send, an abort, a timeout.
  *
- * One builder owns its worktree root: two builders (or two processes) must not share a
- * root, since each sweeps the root's request directories when it starts.
+ * Builders may share a worktree root, in one process or several (two `stovepipe run` on
+ * one clone): each request directory has an owner mark (`.owner-<name>`: process id and
+ * host), and the sweep removes only directories no builder of this process is using whose
+ * owner is gone (or unknown). A directory the sweep cannot delete is logged and left.
  *
  * @module
  */
@@ -33,7 +35,23 @@ import { parseGitUri } from '../sourcecontrol/git-exec.js'
 import { InvalidInputError } from '../storage/errors.js'
 import { LOG_TAIL_BYTES, LogTail } from './log-tail.js'
 import type { BuildRequest, BuildResult, BuildRunner } from './types.js'
-import { addWorktree, defaultWorktreeRoot, pruneRegistrations, removeWorktree, requestDirs, sanitizeRequestId } from './worktree.js'
+import {
+  addWorktree,
+  claimDir,
+  defaultWorktreeRoot,
+  ownedElsewhere,
+  pruneRegistrations,
+  releaseDir,
+  removeWorktree,
+  requestDirs,
+  sanitizeRequestId,
+} from './worktree.js'
+
+/**
+ * Per-directory chains, for every builder of this process: whatever touches a worktree
+ * directory (a build, a sweep) runs alone, and a sweep skips a directory some builder holds.
+ */
+const locks = new Map<string, Promise<void>>()
 
 /** Options of {@link createShellBuilder}. */
 export interface ShellBuilderOptions {
@@ -112,13 +130,19 @@ function stopLine(reason: StopReason): string {
   return reason.kind === 'timeout' ? `[stovepipe] timed out after ${reason.ms} ms` : `[stovepipe] build aborted: ${reason.detail}`
 }
 
+/** The longest delay Node's timers take. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
 function checkOptions(options: ShellBuilderOptions): void {
   const { command, projects, timeoutMs, killGraceMs, worktreeRoot, env } = options
   if (command !== undefined && (typeof command !== 'string' || command.trim() === '')) {
     throw new InvalidInputError('the build command must be a non-empty string')
   }
   if (projects !== undefined) {
-    if (typeof projects !== 'object') throw new InvalidInputError('projects must map project names to commands')
+    // Checked as what a JavaScript caller may pass, whatever the type says.
+    const given: unknown = projects
+    if (typeof given !== 'object' || given === null || Array.isArray(given))
+      throw new InvalidInputError('projects must map project names to commands')
     for (const [name, projectCommand] of Object.entries(projects)) {
       if (name === '') throw new InvalidInputError('a project name must not be empty')
       if (typeof projectCommand !== 'string' || projectCommand.trim() === '') {
@@ -129,10 +153,11 @@ function checkOptions(options: ShellBuilderOptions): void {
   if (command === undefined && Object.keys(projects ?? {}).length === 0) {
     throw new InvalidInputError('a shell builder needs a command, or projects with commands')
   }
-  if (timeoutMs !== undefined && (!Number.isFinite(timeoutMs) || timeoutMs <= 0)) {
-    throw new InvalidInputError(`timeoutMs must be a positive number of milliseconds, got ${String(timeoutMs)}`)
+  // Node's timers take at most 2^31 - 1 ms (about 24.8 days); a longer one would fire at once.
+  if (timeoutMs !== undefined && (!Number.isFinite(timeoutMs) || timeoutMs <= 0 || timeoutMs > MAX_TIMER_MS)) {
+    throw new InvalidInputError(`timeoutMs must be a positive number of milliseconds up to ${MAX_TIMER_MS}, got ${String(timeoutMs)}`)
   }
-  if (killGraceMs !== undefined && (!Number.isFinite(killGraceMs) || killGraceMs < 0)) {
+  if (killGraceMs !== undefined && (!Number.isFinite(killGraceMs) || killGraceMs < 0 || killGraceMs > MAX_TIMER_MS)) {
     throw new InvalidInputError(`killGraceMs must be a non-negative number of milliseconds, got ${String(killGraceMs)}`)
   }
   if (worktreeRoot !== undefined && (typeof worktreeRoot !== 'string' || !isAbsolute(worktreeRoot))) {
@@ -383,8 +408,6 @@ export function createShellBuilder(options: ShellBuilderOptions): ShellBuilder {
   const projectCommands = Object.entries(options.projects ?? {})
   const customRoot = options.worktreeRoot === undefined ? undefined : normalize(options.worktreeRoot)
 
-  /** Per-directory chains: whatever touches a worktree directory (a build, a sweep) runs alone. */
-  const locks = new Map<string, Promise<void>>()
   const roots = new Map<string, Promise<string>>()
   const sweeps = new Map<string, Promise<{ removed: string[] }>>()
   let running = 0
@@ -410,10 +433,19 @@ export function createShellBuilder(options: ShellBuilderOptions): ShellBuilder {
     const root = await rootFor(repo)
     const removed: string[] = []
     for (const dir of await requestDirs(root)) {
-      // A directory some build or sweep of this builder holds (or waits for) is not a leftover.
-      if (locks.has(dir)) continue
-      await exclusive(dir, () => removeWorktree(repo, dir, logger))
-      removed.push(dir)
+      // A directory some build or sweep of this process holds (or waits for), or that another
+      // running process made, is not a leftover.
+      if (locks.has(dir) || (await ownedElsewhere(dir))) continue
+      try {
+        await exclusive(dir, async () => {
+          await removeWorktree(repo, dir, logger)
+          await releaseDir(dir)
+        })
+        removed.push(dir)
+      } catch (error) {
+        // One directory that cannot go must not stop every build: it is tried again at the next start.
+        logger.warn({ repo, dir, err: error }, 'could not remove a leftover worktree')
+      }
     }
     await pruneRegistrations(repo)
     if (removed.length > 0) logger.debug({ repo, root, removed }, 'removed leftover worktrees')
@@ -462,6 +494,11 @@ export function createShellBuilder(options: ShellBuilderOptions): ShellBuilder {
     const withProjects = steps.some((step) => step.project !== null)
     const skipped = (request.projects ?? []).filter((name) => !projectCommands.some(([known]) => known === name))
     if (skipped.length > 0) tail.line(`[stovepipe] no command for project(s) ${skipped.join(', ')}: not run`)
+    if (steps.length === 0) {
+      // Nothing checked is no verdict on the commit (and never a pass).
+      tail.line('[stovepipe] no command to run for this request: no verdict')
+      return { outcome: 'error' }
+    }
     const results: Record<string, 'passed' | 'failed'> = {}
     let outcome: 'passed' | 'failed' = 'passed'
     for (const step of steps) {
@@ -542,6 +579,7 @@ export function createShellBuilder(options: ShellBuilderOptions): ShellBuilder {
         }
         try {
           logger.debug({ ...log, sha }, 'adding a worktree')
+          await claimDir(dir)
           await addWorktree(repo, dir, sha, { signal: stop.signal, logger })
         } catch (error) {
           const reason = stop.why()
@@ -552,6 +590,7 @@ export function createShellBuilder(options: ShellBuilderOptions): ShellBuilder {
       } finally {
         try {
           await removeWorktree(repo, dir, logger)
+          await releaseDir(dir)
           logger.debug(log, 'worktree removed')
         } catch (error) {
           // The verdict stands; the next sweep tries again.

@@ -6,8 +6,9 @@
  *
  * @module
  */
-import { lstat, readdir, rm } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
+import { chmod, lstat, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { hostname } from 'node:os'
+import { basename, dirname, join, resolve } from 'node:path'
 import type { Logger } from 'pino'
 import { git, GitCommandError } from '../sourcecontrol/git-exec.js'
 import { InvalidInputError } from '../storage/errors.js'
@@ -61,13 +62,84 @@ async function exists(path: string): Promise<boolean> {
 export async function removeWorktree(repo: string, dir: string, logger?: Logger): Promise<void> {
   let registrationLeft = false
   try {
-    await git(repo, ['worktree', 'remove', '--force', dir], { timeoutMs: GIT_WORKTREE_TIMEOUT_MS })
+    // Twice --force: also a worktree git left locked (a crash while it was being added).
+    await git(repo, ['worktree', 'remove', '--force', '--force', dir], { timeoutMs: GIT_WORKTREE_TIMEOUT_MS })
   } catch (error) {
     registrationLeft = true
     logger?.debug({ repo, dir, err: error }, 'git worktree remove failed; deleting the directory and pruning')
   }
-  await rm(dir, { recursive: true, force: true, maxRetries: 3 })
+  await removeTree(dir)
   if (registrationLeft) await pruneRegistrations(repo)
+}
+
+/**
+ * Deletes a directory tree; when that is refused (a build left read-only directories, as
+ * Go's module cache does), makes the tree writable and tries again.
+ */
+async function removeTree(dir: string): Promise<void> {
+  try {
+    await rm(dir, { recursive: true, force: true, maxRetries: 3 })
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    if (code !== 'EACCES' && code !== 'EPERM') throw error
+    await makeWritable(dir)
+    await rm(dir, { recursive: true, force: true, maxRetries: 3 })
+  }
+}
+
+/** Adds owner write and search permission to every directory of a tree (not following links). */
+async function makeWritable(dir: string): Promise<void> {
+  const stat = await lstat(dir).catch(() => undefined)
+  if (stat?.isDirectory() !== true) return
+  await chmod(dir, (stat.mode & 0o7777) | 0o700)
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    if (entry.isDirectory()) await makeWritable(join(dir, entry.name))
+  }
+}
+
+/** Who made a request directory: a process of a host. */
+interface Owner {
+  pid: number
+  host: string
+}
+
+/** The owner file of a request directory: `.owner-<name>` beside it (not itself a request directory name). */
+function ownerFile(dir: string): string {
+  return join(dirname(dir), `.owner-${basename(dir)}`)
+}
+
+/** Marks a request directory as this process's (before its worktree is made). */
+export async function claimDir(dir: string): Promise<void> {
+  const owner: Owner = { pid: process.pid, host: hostname() }
+  await writeFile(ownerFile(dir), `${JSON.stringify(owner)}\n`)
+}
+
+/** Drops the owner mark of a request directory (after its worktree is gone). */
+export async function releaseDir(dir: string): Promise<void> {
+  await rm(ownerFile(dir), { force: true })
+}
+
+/**
+ * True when a request directory belongs to another process that is still running on this
+ * host (or to a process of another host, whose liveness cannot be told): the sweep leaves
+ * it alone. A directory without an owner mark, or whose owner is gone, is a leftover.
+ */
+export async function ownedElsewhere(dir: string): Promise<boolean> {
+  let owner: Partial<Owner>
+  try {
+    owner = JSON.parse(await readFile(ownerFile(dir), 'utf8')) as Partial<Owner>
+  } catch {
+    return false
+  }
+  if (typeof owner.pid !== 'number' || typeof owner.host !== 'string') return false
+  if (owner.host !== hostname()) return true
+  if (owner.pid === process.pid) return false
+  try {
+    process.kill(owner.pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM'
+  }
 }
 
 /** Options of {@link addWorktree}. */
@@ -86,7 +158,8 @@ export async function addWorktree(repo: string, dir: string, sha: string, option
     options.logger?.debug({ repo, dir }, 'removing a leftover worktree directory')
     await removeWorktree(repo, dir, options.logger)
   }
-  await git(repo, ['worktree', 'add', '--force', '--detach', dir, sha], {
+  // Twice --force: also over a registration git left locked (a crash while it was being added).
+  await git(repo, ['worktree', 'add', '--force', '--force', '--detach', dir, sha], {
     timeoutMs: GIT_WORKTREE_TIMEOUT_MS,
     ...(options.signal === undefined ? {} : { signal: options.signal }),
   })

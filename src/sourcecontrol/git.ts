@@ -154,9 +154,14 @@ function checkRemote(remote: unknown): string {
   return remote
 }
 
+/** The longest delay Node's timers take (a longer one would fire at once). */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
 function checkTimeout(value: number | undefined, what: string, fallback: number): number {
   if (value === undefined) return fallback
-  if (!Number.isSafeInteger(value) || value < 1) throw new InvalidInputError(`${what} must be a positive integer, got ${String(value)}`)
+  if (!Number.isSafeInteger(value) || value < 1 || value > MAX_TIMER_MS) {
+    throw new InvalidInputError(`${what} must be a positive integer up to ${MAX_TIMER_MS} (ms), got ${String(value)}`)
+  }
   return value
 }
 
@@ -333,6 +338,8 @@ function create(options: GitSourceControlOptions, serializers: Map<string, Seria
           cause,
         )
       }
+      // The ref is gone upstream (deleted, or never there): not something a retry fixes.
+      if (/couldn't find remote ref/i.test(stderr)) throw new NotFoundError(`${what}: the remote has no ${spec.ref}: ${stderr}`, cause)
       throw new UnavailableError(`${what} failed: ${stderr === '' ? `exit code ${String(error.exitCode)}` : stderr}`, cause)
     }
   }

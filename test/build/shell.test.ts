@@ -1,6 +1,9 @@
+import { execFile, spawn } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
-import { mkdir, mkdtemp, readdir, realpath, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { chmod, chown, lstat, mkdir, mkdtemp, readdir, realpath, rm, writeFile } from 'node:fs/promises'
+import { hostname, tmpdir } from 'node:os'
+import { promisify } from 'node:util'
+import { pathToFileURL } from 'node:url'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { systemClock } from '../../src/actors/clock.js'
@@ -115,6 +118,17 @@ async function until(check: () => boolean, timeoutMs = 5000): Promise<void> {
   }
 }
 
+const execFileAsync = promisify(execFile)
+
+/** Gives a tree to a user (and makes its top reachable: temp directories are 0700). */
+async function chownTree(dir: string, uid: number): Promise<void> {
+  await chown(dir, uid, uid)
+  if ((await lstat(dir)).isDirectory()) {
+    await chmod(dir, 0o755)
+    for (const name of await readdir(dir)) await chownTree(join(dir, name), uid)
+  }
+}
+
 function builder(options: ShellBuilderOptions) {
   return createShellBuilder({ killGraceMs: 500, ...options })
 }
@@ -165,6 +179,10 @@ describe('createShellBuilder options', () => {
     expect(() => createShellBuilder({ command: 'true', env: { A: 'x\0y' } })).toThrow(InvalidInputError)
     expect(() => createShellBuilder({ projects: { api: '' } })).toThrow(InvalidInputError)
     expect(() => createShellBuilder({ projects: { api: 'true' } })).not.toThrow()
+    expect(() => createShellBuilder({ projects: null as unknown as Record<string, string> })).toThrow(InvalidInputError)
+    // Node's timers take at most 2^31 - 1 ms: a longer timeout would fire at once.
+    expect(() => createShellBuilder({ command: 'true', timeoutMs: 2 ** 31 })).toThrow(InvalidInputError)
+    expect(() => createShellBuilder({ command: 'true', timeoutMs: 2 ** 31 - 1 })).not.toThrow()
   })
 })
 
@@ -278,6 +296,70 @@ describe('shell builder', () => {
     expect(existsSync(leftover)).toBe(false)
     expect(existsSync(unrelated)).toBe(true)
     expect(await repo.worktrees()).toEqual([repo.dir])
+  })
+
+  it("shares a worktree root: a builder's sweep leaves the running builds of another builder, and of another live process, alone", async () => {
+    const repo = await makeRepo()
+    const sha = await repo.commit({ 'a.txt': 'a' })
+    const root = join(repo.dir, '.git', 'stovepipe-worktrees')
+    const scratch = await tempDir('stovepipe-scratch-')
+    const started = join(scratch, 'started')
+    // Another process's build in progress: a live process (here a child) marked its directory.
+    const other = spawn('sleep', ['30'], { stdio: 'ignore' })
+    const foreign = join(root, 'request-release-4')
+    await mkdir(foreign, { recursive: true })
+    await writeFile(join(root, '.owner-request-release-4'), JSON.stringify({ pid: other.pid, host: hostname() }))
+    // This process: two builders (two queues) on one clone, the second starting while the first builds.
+    const first = builder({ command: `touch ${started}; sleep 1; cat a.txt` }).run(buildRequest(repo.uri(sha)))
+    await until(() => existsSync(started))
+    const second = await builder({ command: 'true' }).run(buildRequest(repo.uri(sha), { queue: 'docs', requestId: 'request/docs/1' }))
+    expect(second.outcome).toBe('passed')
+    const result = await first
+    expect(result.log).toContain('a')
+    expect(result.outcome).toBe('passed')
+    expect(existsSync(foreign)).toBe(true)
+    // Once its owner is gone, the directory is a leftover for the next builder's sweep.
+    other.kill('SIGKILL')
+    await until(() => !isRunning(other.pid as number))
+    await builder({ command: 'true' }).run(buildRequest(repo.uri(sha), { requestId: 'request/main/2' }))
+    expect(await readdir(root)).toEqual([])
+  })
+
+  it('resumes a request whose worktree git left locked (a crash while it was being added)', async () => {
+    const repo = await makeRepo()
+    const sha = await repo.commit({ 'a.txt': 'a' })
+    const root = join(repo.dir, '.git', 'stovepipe-worktrees')
+    const dir = join(root, 'request-main-7')
+    await mkdir(root, { recursive: true })
+    await git(repo.dir, ['worktree', 'add', '-q', '--detach', '--lock', dir, sha])
+    await rm(dir, { recursive: true, force: true }) // the checkout never finished
+    const result = await builder({ command: 'cat a.txt' }).run(buildRequest(repo.uri(sha), { requestId: 'request/main/7' }))
+    expect(result.log).toContain('a')
+    expect(result.outcome).toBe('passed')
+    expect(await repo.worktrees()).toEqual([repo.dir])
+  })
+
+  it('deletes a worktree in which the build left read-only directories; a leftover the sweep cannot delete does not stop builds', async () => {
+    const repo = await makeRepo()
+    const sha = await repo.commit({ 'a.txt': 'a' })
+    const root = await tempDir('stovepipe-root-')
+    const home = await tempDir('stovepipe-home-')
+    // Root ignores permissions, and this is about them: as root, the scenario runs as nobody,
+    // who owns the repository and the worktree root but not a leftover found there.
+    const asRoot = process.getuid?.() === 0
+    let stuck = ''
+    if (asRoot) {
+      for (const dir of [repo.dir, root, home]) await chownTree(dir, 65534)
+      stuck = join(root, 'request-main-9')
+      await mkdir(stuck)
+      await writeFile(join(stuck, 'f'), 'x')
+    }
+    const script = join(import.meta.dirname, '..', 'support', 'readonly-build.ts')
+    const tsx = pathToFileURL(join(import.meta.dirname, '..', '..', 'node_modules', 'tsx', 'dist', 'loader.mjs')).href
+    const node = [process.execPath, '--import', tsx, script, repo.dir, sha, root, stuck]
+    const [file = '', ...args] = asRoot ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', ...node] : node
+    const { stdout } = await execFileAsync(file, args, { env: { ...process.env, HOME: home }, timeout: 60_000 })
+    expect(JSON.parse(stdout)).toEqual({ first: 'passed', leftAfterFirst: [], second: 'passed', stuckLeft: asRoot })
   })
 
   it('resumes a request whose worktree a crash left behind (same directory, still registered)', async () => {
@@ -433,6 +515,17 @@ describe('shell builder', () => {
     expect(brokenSetup.projects).toBeUndefined()
     expect(brokenSetup.log).not.toContain('project ran')
     expect(await repo.worktrees()).toEqual([repo.dir])
+  })
+
+  it('a builder with only projects, asked for none it has a command for, gives error (nothing checked is no pass)', async () => {
+    const repo = await makeRepo()
+    const sha = await repo.commit({ 'a.txt': 'a' })
+    const shell = builder({ projects: { api: 'true' } })
+    for (const projects of [['web'], []]) {
+      const result = await shell.run(buildRequest(repo.uri(sha), { projects }))
+      expect(result.outcome).toBe('error')
+      expect(result.log).toContain('no command to run for this request')
+    }
   })
 
   it('runs concurrent builds of different requests on one repository without interference', async () => {

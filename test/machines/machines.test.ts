@@ -294,7 +294,11 @@ function stuckQueue(events: { id: string; type: string }[]) {
     stats: { accepted: 0, superseded: 0, cancelled: 0, green: 0, red: 0, indeterminate: 0, leaseExpiries: 0 },
   }
   const { actor } = startQueue(queue, { context }, clock)
-  return { actor, clock }
+  /** Request n of queue main (URI fake://a<n>) was accepted. */
+  const accepted = (n: number): void => {
+    actor.send({ type: 'request.accepted', id: `request/main/${n}`, n, uri: `fake://a${n}`, version: 0, createdAt: 0, at: 0 })
+  }
+  return { actor, clock, accepted }
 }
 
 describe('queue machine', () => {
@@ -317,10 +321,7 @@ describe('queue machine', () => {
 
   it('coalesces by number, not arrival: an older head accepted after a newer one that waits is superseded at once', () => {
     const events: { id: string; type: string }[] = []
-    const { actor } = stuckQueue(events)
-    const accepted = (n: number): void => {
-      actor.send({ type: 'request.accepted', id: `request/main/${n}`, n, uri: `fake://a${n}`, version: 0, createdAt: 0, at: 0 })
-    }
+    const { actor, accepted } = stuckQueue(events)
     accepted(1) // holds the only slot
     accepted(3) // waits
     accepted(2) // older than the waiting one
@@ -337,10 +338,7 @@ describe('queue machine', () => {
 
   it('counts a request told SUPERSEDE while it was being cancelled once, as it ended (cancelled)', () => {
     const events: { id: string; type: string }[] = []
-    const { actor } = stuckQueue(events)
-    const accepted = (n: number): void => {
-      actor.send({ type: 'request.accepted', id: `request/main/${n}`, n, uri: `fake://a${n}`, version: 0, createdAt: 0, at: 0 })
-    }
+    const { actor, accepted } = stuckQueue(events)
     accepted(1) // holds the only slot
     accepted(2) // waits
     actor.send({ type: 'cancel', id: 'request/main/2', at: 0 })

@@ -342,6 +342,28 @@ describe('git source control: fetch', () => {
     expect(existsSync(join(mirror.dir, 'FETCH_HEAD'))).toBe(false)
   })
 
+  it('a ref deleted upstream is NotFoundError (a retry will not bring it back), not UnavailableError', async () => {
+    const upstream = await newRepo()
+    await upstream.commit('a')
+    await upstream.branch('feature')
+    const mirror = await newRepo({ bare: true })
+    const sc = createGitSourceControl({ repo: mirror.dir, ref: 'feature', fetch: { remote: upstream.dir } })
+    await sc.latest()
+    await upstream.git(['branch', '-D', 'feature'])
+    const error = await sc.latest().catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NotFoundError)
+    expect((error as Error).message).toContain('the remote has no refs/heads/feature')
+  })
+
+  it('refuses timeouts Node cannot arm (above 2^31 - 1 ms, which would fire at once)', async () => {
+    const repo = await newRepo()
+    await repo.commit('a')
+    for (const options of [{ timeoutMs: 2 ** 31 }, { fetch: { remote: repo.dir, timeoutMs: 2 ** 31 } }]) {
+      expect(() => createGitSourceControl({ repo: repo.dir, ref: 'main', ...options })).toThrow(InvalidInputError)
+    }
+    expect(() => createGitSourceControl({ repo: repo.dir, ref: 'main', timeoutMs: 2 ** 31 - 1 })).not.toThrow()
+  })
+
   it('fetches a differently named remote ref, through a relative remote path', async () => {
     const upstream = await newRepo()
     await upstream.commit('a')
