@@ -202,6 +202,7 @@ class Dispatcher implements OutboxDispatcher {
     if (!this.running) return
     const now = this.now()
     let next = Number.POSITIVE_INFINITY
+    let launched = 0
     for (const entry of entries) {
       const key = keyText(entry)
       if (this.calls.has(key)) continue
@@ -213,10 +214,19 @@ class Dispatcher implements OutboxDispatcher {
       if (this.calls.size >= this.concurrency) return
       this.held.delete(key)
       this.launch(key, entry)
+      launched++
+    }
+    // A page that is not full holds every pending entry: holds of entries no longer pending
+    // (settled since, e.g. by another process) are dropped.
+    if (entries.length < limit && this.held.size > 0) {
+      const pending = new Set(entries.map(keyText))
+      for (const key of this.held.keys()) if (!pending.has(key)) this.held.delete(key)
     }
     const last = entries[entries.length - 1]
-    // A full page whose last entry is due may hide more due entries.
-    if (entries.length === limit && last !== undefined && last.nextAttemptAt <= now) this.again = true
+    // A full page whose last entry is due may hide more due entries: read again, unless this
+    // page launched nothing (every entry on it in flight or held after a failed settle),
+    // which reading again at once would repeat forever; its earliest hold is waited for then.
+    if (launched > 0 && entries.length === limit && last !== undefined && last.nextAttemptAt <= now) this.again = true
     else this.arm(next)
   }
 

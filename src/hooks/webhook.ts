@@ -74,7 +74,18 @@ function checkUrl(url: unknown): string {
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
     throw new InvalidInputError(`webhook url must be http: or https:, got ${parsed.protocol}`)
   }
+  // fetch refuses URLs with credentials (every call would fail), and they would end up in logs.
+  if (parsed.username !== '' || parsed.password !== '') {
+    throw new InvalidInputError(
+      'webhook url must not carry a user name or password (fetch refuses such URLs; the receiver authenticates requests by their signature)',
+    )
+  }
   return parsed.toString()
+}
+
+/** Hides credentials in URLs a message quotes (`https://user:token@host` → `https://***@host`). */
+function redactUrls(text: string): string {
+  return text.replace(/(\/\/)[^/@\s]*@/g, '$1***@')
 }
 
 /** Where a URL points, without credentials, path or query (for messages). */
@@ -115,7 +126,7 @@ export function createWebhookHook(options: WebhookHookOptions): Hook {
       })
     } catch (error) {
       if (context.signal.aborted) throw error
-      const why = signal.aborted ? `no answer within ${timeoutMs} ms` : error instanceof Error ? error.message : String(error)
+      const why = signal.aborted ? `no answer within ${timeoutMs} ms` : redactUrls(error instanceof Error ? error.message : String(error))
       throw new UnavailableError(`webhook ${name} at ${where} failed: ${why}`, { cause: error })
     }
     // Read (and drop) the body, so the connection is released.

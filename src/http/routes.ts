@@ -244,7 +244,8 @@ export function findRoute(
     const params = matchPath(route.path, path)
     if (params === undefined) continue
     if (route.method === method || (method === 'HEAD' && route.method === 'GET' && route.path !== '/events')) return { route, params }
-    allow.push(route.method === 'GET' ? 'GET, HEAD' : route.method)
+    // HEAD is served for every GET but the event stream (which has no end to measure).
+    allow.push(route.method === 'GET' && route.path !== '/events' ? 'GET, HEAD' : route.method)
   }
   return allow.length > 0 ? { allow } : undefined
 }

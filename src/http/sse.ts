@@ -71,18 +71,24 @@ export function streamEvents(res: ServerResponse, options: StreamEventsOptions):
   })
   res.write(`retry: 2000\n: stovepipe events${next === undefined ? '' : ` from ${next}`}\n\n`)
 
+  /** While the client is not reading (the socket's buffer is full): resolves once it drains or closes. */
+  let draining: Promise<void> | undefined
   const write = (chunk: string): Promise<void> => {
     if (closed || res.writableEnded) return Promise.resolve()
-    if (res.write(chunk)) return Promise.resolve()
-    return new Promise((resolve) => {
+    if (res.write(chunk)) return draining ?? Promise.resolve()
+    // One pair of listeners however many writes wait (a stalled client would otherwise gather
+    // a pair per keep-alive).
+    draining ??= new Promise((resolve) => {
       const done = (): void => {
         res.off('drain', done)
         res.off('close', done)
+        draining = undefined
         resolve()
       }
       res.on('drain', done)
       res.on('close', done)
     })
+    return draining
   }
 
   const send = async (entry: LogEntry): Promise<void> => {
@@ -113,7 +119,8 @@ export function streamEvents(res: ServerResponse, options: StreamEventsOptions):
   }
 
   const keepAlive = setInterval(() => {
-    void write(': keep-alive\n\n')
+    // A client that is not reading needs no keep-alive (its connection is busy, not idle).
+    if (draining === undefined) void write(': keep-alive\n\n')
   }, options.keepAliveMs)
   keepAlive.unref()
 

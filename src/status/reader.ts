@@ -285,8 +285,14 @@ class StorageStatusReader implements StatusReader {
       }
       cursor = page.nextCursor
     } while (cursor !== undefined)
-    const open = views.filter((v) => !FINAL_REQUEST_STATES.includes(v.state)).map((v) => v.n)
-    const watermark = open.length > 0 ? Math.min(...open) - 1 : Math.max(cached.watermark, ...views.map((v) => v.n))
+    // Loops, not Math.min(...all): a spread of 100 000+ numbers overflows the stack.
+    let oldestOpen = Number.POSITIVE_INFINITY
+    let newest = cached.watermark
+    for (const view of views) {
+      if (!FINAL_REQUEST_STATES.includes(view.state)) oldestOpen = Math.min(oldestOpen, view.n)
+      newest = Math.max(newest, view.n)
+    }
+    const watermark = oldestOpen === Number.POSITIVE_INFINITY ? newest : oldestOpen - 1
     const folded = zeroFinals()
     const above = zeroFinals()
     for (const view of views) tally(view.n <= watermark ? folded : above, view)

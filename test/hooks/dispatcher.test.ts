@@ -5,7 +5,7 @@
  */
 import { SimulatedClock } from 'xstate'
 import { describe, expect, it } from 'vitest'
-import { createWriter } from '../../src/actors/writer.js'
+import { createWriter, type Writer } from '../../src/actors/writer.js'
 import { createOutboxDispatcher, type Hook, type HookRetryOptions } from '../../src/hooks/index.js'
 import { InvalidInputError, OUTBOX_NEVER, type OutboxEntry, type Storage } from '../../src/index.js'
 import { createMemoryDatabase, createMemoryStorage } from '../../src/storage/memory/index.js'
@@ -268,5 +268,53 @@ describe('outbox dispatcher', () => {
     expect(make([ok], { baseDelayMs: -1 })).toThrow(/baseDelayMs/)
     expect(make([ok], { concurrency: 1.5 })).toThrow(/concurrency/)
     expect(make([ok], { maxAttempts: Number.POSITIVE_INFINITY })).not.toThrow()
+  })
+})
+
+describe('outbox dispatcher under failing settles', () => {
+  it('does not spin when more entries are held (delivered, settle failed) than a page holds: it waits for the earliest hold', async () => {
+    const clock = new SimulatedClock()
+    clock.set(T0)
+    const hook = recordingHook(clock)
+    const raw = createMemoryStorage()
+    let dueReads = 0
+    const spin = { halt: (): void => undefined }
+    const storage: Storage = {
+      ...raw,
+      outbox: {
+        ...raw.outbox,
+        due: (options) => {
+          if (++dueReads >= 500) spin.halt() // a spin: break it so the test ends
+          return raw.outbox.due(options)
+        },
+      },
+    }
+    const ops = Array.from({ length: 1001 }, (_, i) => ({
+      op: 'outbox.put' as const,
+      entry: sampleOutbox('main', i + 1, { hook: 'recorder', createdAt: T0, nextAttemptAt: T0 }),
+    }))
+    await raw.commit(ops)
+    // Every settle is dead-lettered (storage writes failing): each delivered entry is held for a while.
+    const writer = {
+      write: (written: readonly unknown[]) =>
+        Promise.resolve(written.map(() => ({ status: 'dead_lettered', error: { code: 'STORAGE_FAILED', message: 'write refused' } }))),
+    } as unknown as Writer
+    const dispatcher = createOutboxDispatcher({
+      storage,
+      writer,
+      hooks: [hook],
+      clock,
+      random: () => 0.5,
+      retry: { baseDelayMs: 60_000, concurrency: 8 },
+    })
+    spin.halt = () => {
+      dispatcher.halt()
+    }
+    dispatcher.start()
+    for (let i = 0; i < 400; i++) await settle()
+    dispatcher.halt()
+    // The first 1000 delivered once each, then idle on its timer: a handful of reads, not a loop.
+    expect(hook.calls).toHaveLength(1000)
+    expect(dueReads).toBeLessThan(500)
   })
 })

@@ -196,6 +196,17 @@ describe('webhook hook', () => {
     expect(() => createWebhookHook({ url: 'http://127.0.0.1/', secret: '' })).toThrow(/secret/)
     expect(() => createWebhookHook({ url: 'http://127.0.0.1/', secret: SECRET, name: 'a b' })).toThrow(/name/)
     expect(() => createWebhookHook({ url: 'http://127.0.0.1/', secret: SECRET, timeoutMs: 0 })).toThrow(/timeoutMs/)
+    // fetch refuses URLs with credentials (every delivery would fail), and the password would reach logs.
+    const withCredentials = (() => {
+      try {
+        createWebhookHook({ url: 'http://alice:hunter2@127.0.0.1/', secret: SECRET })
+        return undefined
+      } catch (error) {
+        return error
+      }
+    })()
+    expect(withCredentials).toBeInstanceOf(InvalidInputError)
+    expect((withCredentials as Error).message).not.toContain('hunter2')
     expect(createWebhookHook({ url: 'http://127.0.0.1/', secret: SECRET }).name).toBe('webhook')
   })
 })

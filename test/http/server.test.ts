@@ -3,7 +3,11 @@
  * builder: every route's answers and error shapes, auth, limits, the event stream
  * (history then live, resume, gaps, lag filled in), metrics.
  */
+import { EventEmitter } from 'node:events'
+import type { ServerResponse } from 'node:http'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { silentLogger } from '../../src/actors/observability.js'
+import { streamEvents } from '../../src/http/sse.js'
 import type { LogEntry } from '../../src/actors/event-log.js'
 import { createHttpServer, type ListeningServer } from '../../src/http/index.js'
 import type { QueueHandle } from '../../src/index.js'
@@ -215,6 +219,10 @@ describe('HTTP API', () => {
     const getIngest = await get(`${url}/queues/main/ingest`)
     expect(getIngest).toMatchObject({ status: 405, body: errorOf('METHOD_NOT_ALLOWED') })
     expect(getIngest.headers.get('allow')).toBe('POST')
+    // The event stream is not served to HEAD, and its 405 says so.
+    const headEvents = await fetch(`${url}/events`, { method: 'HEAD' })
+    expect(headEvents.status).toBe(405)
+    expect(headEvents.headers.get('allow')).toBe('GET')
   })
 
   it('answers only loopback Host names while bound to loopback', async () => {
@@ -418,5 +426,20 @@ describe('event stream edge cases', () => {
     await server.close()
     expect(Date.now() - started).toBeLessThan(2000)
     await live.stop()
+  })
+})
+
+describe('SSE backpressure', () => {
+  it('a stalled client holds one drain and one close listener, not a pair per keep-alive', async () => {
+    // A response whose socket buffer is full: write() returns false and 'drain' never comes.
+    const res = new EventEmitter() as EventEmitter & Partial<ServerResponse>
+    Object.assign(res, { writableEnded: false, writeHead: () => res, write: () => false, end: () => res })
+    const feed = { subscribe: () => ({ live: Promise.resolve(), unsubscribe: () => undefined }) }
+    const stream = streamEvents(res as unknown as ServerResponse, { feed, from: undefined, keepAliveMs: 5, logger: silentLogger() })
+    const baseline = res.listenerCount('close') // the stream's own close handler
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    const listeners = { drain: res.listenerCount('drain'), close: res.listenerCount('close') - baseline }
+    stream.close()
+    expect(listeners).toEqual({ drain: 1, close: 1 })
   })
 })

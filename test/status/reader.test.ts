@@ -15,6 +15,9 @@ import {
   type StatusReader,
 } from '../../src/status/index.js'
 import type { QueueHandle } from '../../src/runtime/index.js'
+import { createMemoryStorage } from '../../src/storage/memory/index.js'
+import type { WriteOp } from '../../src/storage/index.js'
+import { sampleQueue, sampleRequest } from '../../src/testing/index.js'
 import { driveUntil } from '../support/drive.js'
 import { world, type World } from '../support/runtime.js'
 
@@ -263,4 +266,20 @@ describe('status reader', () => {
     await w.storage.queues.update({ ...stale, version: record.version + 1 }, record.version, record.version + 1)
     expect(await w.run(createStatusReader(w.storage).lastGreen('main'))).toMatchObject({ requestId: 'request/main/6', sha: F })
   })
+})
+
+describe('status reader at scale', () => {
+  it('summarizes a queue with 200 000 ended requests (no spread of every request number)', async () => {
+    const storage = createMemoryStorage()
+    await storage.commit([{ op: 'queue.create', record: sampleQueue('big') }])
+    const total = 200_000
+    for (let start = 1; start <= total; start += 10_000) {
+      const ops: WriteOp[] = []
+      for (let n = start; n < start + 10_000; n++)
+        ops.push({ op: 'request.create', record: sampleRequest('big', n, { state: 'cancelled' }) })
+      await storage.commit(ops)
+    }
+    const summary = await createStatusReader(storage).queue('big')
+    expect(summary.counts.cancelled).toBe(total)
+  }, 60_000)
 })
