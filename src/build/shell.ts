@@ -10,9 +10,11 @@
  *   and a recursive delete) before the build resolves. The default root is
  *   `<git common dir>/stovepipe-worktrees`. Before the first build of each repository the
  *   builder sweeps what a crashed run left in its root and runs `git worktree prune`.
- * - The command leads its own process group; cancel, deadline (the request's
- *   `AbortSignal`) and `timeoutMs` kill the whole group (SIGTERM, then SIGKILL after
- *   `killGraceMs`). Processes the command leaves behind after it exits are killed too.
+ * - The command leads its own session and process group; cancel, deadline (the request's
+ *   `AbortSignal`) and `timeoutMs` kill the whole group, and on Linux the processes of the
+ *   session that made a group of their own (SIGTERM, then SIGKILL after `killGraceMs`).
+ *   Processes the command leaves behind after it exits are killed too. A process that
+ *   starts a session of its own (`setsid`) is beyond reach.
  * - `error` (infrastructure, retried by the runtime) is never a verdict on the commit: a
  *   URI that is not a git URI, a worktree that could not be made (unknown commit, git
  *   failure), a shell that could not start, a process killed by a signal Stovepipe did
@@ -26,6 +28,7 @@
  * @module
  */
 import { spawn, type ChildProcess } from 'node:child_process'
+import { readdirSync, readFileSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { isAbsolute, join, normalize } from 'node:path'
 import type { Logger } from 'pino'
@@ -46,6 +49,35 @@ import {
   requestDirs,
   sanitizeRequestId,
 } from './worktree.js'
+
+/**
+ * The processes of session `sid` (the build's: its command leads a session of its own)
+ * outside the process group `sid`, not yet dead: those that left the build's group but not
+ * its session, as coreutils `timeout` does. Read from `/proc` (Linux); none elsewhere. A
+ * process that starts a session of its own (`setsid`) is beyond reach.
+ */
+function sessionStragglers(sid: number): number[] {
+  let names: string[]
+  try {
+    names = readdirSync('/proc')
+  } catch {
+    return []
+  }
+  const found: number[] = []
+  for (const name of names) {
+    if (!/^[0-9]+$/.test(name)) continue
+    let stat: string
+    try {
+      stat = readFileSync(`/proc/${name}/stat`, 'utf8')
+    } catch {
+      continue // gone meanwhile
+    }
+    // `pid (comm) state ppid pgrp session …`; comm may hold spaces and parentheses.
+    const [state, , pgrp, session] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    if (Number(session) === sid && Number(pgrp) !== sid && state !== 'Z' && state !== 'X') found.push(Number(name))
+  }
+  return found
+}
 
 /**
  * Per-directory chains, for every builder of this process: whatever touches a worktree
@@ -278,9 +310,18 @@ function runCommand(run: CommandRun): Promise<Ending> {
         if ((error as NodeJS.ErrnoException).code !== 'ESRCH')
           logger.warn({ pid, signal, err: error }, 'could not signal a build process group')
       }
+      // Processes that made a group of their own inside the build's session (coreutils
+      // `timeout` does) go too.
+      for (const straggler of sessionStragglers(pid)) {
+        try {
+          process.kill(straggler, signal)
+        } catch {
+          // Gone meanwhile.
+        }
+      }
     }
 
-    /** False while some process of the group may still run (zombies count: they are waited for until SIGKILL). */
+    /** False while some process of the group (or the session) may still run (zombies count: they are waited for until SIGKILL). */
     const groupGone = (): boolean => {
       const pid = child?.pid
       if (pid === undefined) return true
@@ -289,7 +330,7 @@ function runCommand(run: CommandRun): Promise<Ending> {
         return false
       } catch {
         // ESRCH: no such group. EPERM: the id now names processes that are not ours.
-        return true
+        return sessionStragglers(pid).length === 0
       }
     }
 

@@ -407,6 +407,27 @@ describe('shell builder', () => {
     expect(await repo.worktrees()).toEqual([repo.dir])
   })
 
+  it('kills, on abort, a step that left the process group but not the session (coreutils timeout)', async () => {
+    const repo = await makeRepo()
+    const sha = await repo.commit({ 'a.txt': 'a' })
+    const scratch = await tempDir('stovepipe-pids-')
+    const pidFile = join(scratch, 'inner.pid')
+    // `timeout` puts itself and its command in a process group of their own.
+    const shell = builder({
+      command: `timeout 600 sh -c 'echo $$ > "$INNER_PID"; exec sleep 600'`,
+      env: { INNER_PID: pidFile },
+      killGraceMs: 300,
+    })
+    const controller = new AbortController()
+    const running = shell.run(buildRequest(repo.uri(sha), { signal: controller.signal }))
+    await until(() => existsSync(pidFile) && readFileSync(pidFile, 'utf8').endsWith('\n'))
+    const inner = Number(readFileSync(pidFile, 'utf8'))
+    expect(isRunning(inner)).toBe(true)
+    controller.abort(new Error('request cancelled'))
+    expect((await running).outcome).toBe('error')
+    await until(() => !isRunning(inner), 3000)
+  })
+
   it('an already aborted request builds nothing', async () => {
     const repo = await makeRepo()
     const sha = await repo.commit({ 'a.txt': 'a' })
