@@ -8,6 +8,7 @@
  */
 import {
   AlreadyExistsError,
+  InvalidInputError,
   NotFoundError,
   StorageClosedError,
   StorageFailedError,
@@ -225,6 +226,8 @@ export function createStorageFacade(backend: StorageBackend): Storage {
     events: {
       append: (rows) =>
         call(async () => {
+          const given: unknown = rows
+          if (!Array.isArray(given)) throw new InvalidInputError('events.append takes an array of rows')
           const ops: WriteOp[] = rows.map((row) => ({ op: 'event.append', row }))
           const results = await backend.commit(prepareOps(ops), true)
           const clash = results.findIndex((result) => result.status !== 'ok')
@@ -263,6 +266,8 @@ export function createStorageFacade(backend: StorageBackend): Storage {
         }),
       settle: (key, settlement) =>
         call(async () => {
+          const given: unknown = settlement
+          if (typeof given !== 'object' || given === null) throw new InvalidInputError('outbox.settle takes a settlement object')
           const { attempts, nextAttemptAt, deliveredAt, lastError } = settlement
           const result = await commitOne({ op: 'outbox.settle', key, attempts, nextAttemptAt, deliveredAt, lastError })
           if (result.status === 'not_found') throw new NotFoundError(`no outbox entry ${describeOutboxKey(key)}`)

@@ -39,6 +39,12 @@ it('rejects a malformed URI and bad options with InvalidInputError', async () =>
   await expect(openMysqlStorage({ uri: 'mysql://h/db', maxCommitAttempts: 0 })).rejects.toBeInstanceOf(InvalidInputError)
 })
 
+it('refuses a URI with a malformed escape with InvalidInputError, not a URIError', async () => {
+  await expect(openMysqlStorage({ uri: 'mysql://root:p%zz@127.0.0.1:1/test', connectTimeout: 1_000 })).rejects.toBeInstanceOf(
+    InvalidInputError,
+  )
+})
+
 it('describes targets for messages', () => {
   expect(describeTarget({ uri: 'mysql://u:p@db.example:3307/x' })).toBe('db.example:3307')
   expect(describeTarget({ uri: 'mysql://db.example/x' })).toBe('db.example:3306')
@@ -97,6 +103,16 @@ describeMysql('mysql storage', () => {
     expect(error).toBeInstanceOf(StorageUnavailableError)
     expect((error as Error).message).toContain('duplicate')
     await expect(storage.facts.get('main', sampleFact('main', 1).uri)).rejects.toMatchObject({ code: 'NOT_FOUND' })
+  })
+
+  it('keeps numbers numbers (and CAS working) whatever number options the caller passes the pool', async () => {
+    const { url, drop } = await createMysqlDatabase()
+    cleanups.push(drop)
+    const storage = await openMysqlStorage({ uri: url, supportBigNumbers: true, bigNumberStrings: true })
+    cleanups.push(() => storage.close())
+    await storage.requests.create(sampleRequest('main', 1))
+    expect((await storage.requests.get('request/main/1')).version).toBe(0)
+    expect(await storage.requests.update(sampleRequest('main', 1, { state: 'processing' }), 0, 1)).toMatchObject({ version: 1 })
   })
 
   it('reports a lock held too long as StorageUnavailableError (retryable), writing nothing', async () => {

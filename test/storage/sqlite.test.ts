@@ -88,6 +88,15 @@ describe('sqlite storage', () => {
     await expect(openSqliteStorage({ filename: '' })).rejects.toBeInstanceOf(InvalidInputError)
     await expect(openSqliteStorage({ filename: ':memory:', synchronous: 'OFF' as 'FULL' })).rejects.toBeInstanceOf(InvalidInputError)
     await expect(openSqliteStorage({ filename: ':memory:', busyTimeoutMs: -1 })).rejects.toBeInstanceOf(InvalidInputError)
+    await expect(openSqliteStorage({ filename: ':memory:', busyTimeoutMs: 2 ** 31 })).rejects.toBeInstanceOf(InvalidInputError)
+  })
+
+  it('refuses malformed arguments of the facade with InvalidInputError, not a TypeError', async () => {
+    const { storage } = await openFile()
+    const row = { kind: 'event' as const, nodeId: 'n', seq: 0, id: 0, at: 1, payload: {} }
+    await expect(storage.events.append(row as never)).rejects.toBeInstanceOf(InvalidInputError)
+    const key = { queue: 'main', requestId: 'request/main/1', kind: 'verdict' as const, hook: 'h' }
+    await expect(storage.outbox.settle(key, undefined as never)).rejects.toBeInstanceOf(InvalidInputError)
   })
 
   it('opens :memory: databases, each private', async () => {

@@ -722,6 +722,13 @@ export function describeTarget(options: { uri: string } | PoolOptions): string {
   return `${host}:${port}`
 }
 
+/** Pool options the backend depends on, over whatever the caller (or the URI) asks. */
+const FORCED_POOL_OPTIONS = { supportBigNumbers: false, bigNumberStrings: false, rowsAsArray: false, typeCast: true } as const
+
+/** Drops NO_BACKSLASH_ESCAPES from the session's sql_mode (mysql2 escapes with backslashes). */
+const SESSION_SQL_MODE =
+  "SET SESSION sql_mode = TRIM(BOTH ',' FROM REPLACE(CONCAT(',', @@SESSION.sql_mode, ','), ',NO_BACKSLASH_ESCAPES,', ','))"
+
 /**
  * Opens a MySQL/MariaDB storage on a connection pool and applies pending migrations
  * (unless `migrate: false`). An unreachable server gives `StorageUnavailableError` naming
@@ -740,7 +747,18 @@ export async function openMysqlStorage(options: MysqlStorageOptions): Promise<St
       throw new InvalidInputError(`MySQL URI is not a URI (expected mysql://user:password@host:port/database)`, { cause: error })
     }
   }
-  const pool = mysql.createPool({ connectionLimit: 10, connectTimeout: 10_000, ...poolOptions })
+  let pool: mysql.Pool
+  try {
+    // What the backend relies on is forced: numbers as numbers (versions are compared), rows as objects.
+    pool = mysql.createPool({ connectionLimit: 10, connectTimeout: 10_000, ...poolOptions, ...FORCED_POOL_OPTIONS })
+  } catch (error) {
+    throw new InvalidInputError(`MySQL options are not usable: ${error instanceof Error ? error.message : String(error)}`, { cause: error })
+  }
+  // mysql2 escapes strings with backslashes: a server whose sql_mode has NO_BACKSLASH_ESCAPES
+  // would read them as text (corrupt data, and a quote in user data would end a literal).
+  pool.pool.on('connection', (connection) => {
+    connection.query(SESSION_SQL_MODE, () => undefined)
+  })
   const backend = new MysqlBackend(pool, where, maxCommitAttempts)
   try {
     if (migrate) await applyMysqlMigrations(pool, MYSQL_MIGRATIONS)

@@ -424,8 +424,8 @@ export async function openSqliteStorage(options: SqliteStorageOptions): Promise<
   if (!['NORMAL', 'FULL'].includes(synchronous)) {
     throw new InvalidInputError(`synchronous must be NORMAL or FULL, got ${synchronous}`)
   }
-  if (!Number.isSafeInteger(busyTimeoutMs) || busyTimeoutMs < 0) {
-    throw new InvalidInputError(`busyTimeoutMs must be a non-negative integer, got ${String(busyTimeoutMs)}`)
+  if (!Number.isSafeInteger(busyTimeoutMs) || busyTimeoutMs < 0 || busyTimeoutMs > 2 ** 31 - 1) {
+    throw new InvalidInputError(`busyTimeoutMs must be an integer from 0 to ${2 ** 31 - 1}, got ${String(busyTimeoutMs)}`)
   }
   let db: Db | undefined
   try {
