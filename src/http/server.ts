@@ -21,7 +21,7 @@ import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { counter, gauge, silentLogger } from '../actors/observability.js'
 import type { IngestResult } from '../runtime/queue-host.js'
-import { InvalidInputError } from '../storage/errors.js'
+import { InvalidInputError, UnavailableError } from '../storage/errors.js'
 import type { EventFeed } from '../status/feed.js'
 import type { StatusReader } from '../status/types.js'
 import { HttpError, toResponse } from './errors.js'
@@ -329,8 +329,12 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
     if (!Number.isSafeInteger(port) || port < 0 || port > 65_535) throw new InvalidInputError(`port must be 0 to 65535, got ${port}`)
     loopbackOnly = isLoopbackName(host)
     await new Promise<void>((resolve, reject) => {
-      const onError = (error: Error): void => {
-        reject(error)
+      const onError = (error: NodeJS.ErrnoException): void => {
+        // A port in use, or an address this host does not have: typed, with what to do.
+        if (error.code === 'EADDRINUSE') reject(new UnavailableError(`${host}:${port} is already in use`, { cause: error }))
+        else if (error.code === 'EADDRNOTAVAIL' || error.code === 'EACCES')
+          reject(new InvalidInputError(`cannot listen on ${host}:${port} (${error.code})`, { cause: error }))
+        else reject(error)
       }
       server.once('error', onError)
       server.listen(port, host, () => {

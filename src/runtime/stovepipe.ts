@@ -288,20 +288,23 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     }),
   }
 
-  const sourceControls = new Map<string, SourceControl>()
+  /** Each queue's source control, or why it could not be had (a repository moved or gone since the queue was stored). */
+  const sourceControls = new Map<string, SourceControl | Error>()
   const sourceControlFor = (queue: string): SourceControl => {
     const found = sourceControls.get(queue)
     if (found === undefined) throw new NotFoundError(`no source control for queue ${queue}`)
+    if (found instanceof Error) throw found
     return found
   }
-  const bindSourceControl = (name: string, config: QueueConfig): void => {
+  /** The source control a queue config names (throws, e.g. for a repository that does not exist). */
+  const sourceControlOf = (name: string, config: QueueConfig): SourceControl => {
     const sc = options.sourceControl
-    sourceControls.set(
-      name,
-      isSourceControlProvider(sc)
-        ? sc.forQueue({ queue: name, ref: config.ref, ...(config.repo === undefined ? {} : { repo: config.repo }) })
-        : sc,
-    )
+    return isSourceControlProvider(sc)
+      ? sc.forQueue({ queue: name, ref: config.ref, ...(config.repo === undefined ? {} : { repo: config.repo }) })
+      : sc
+  }
+  const bindSourceControl = (name: string, config: QueueConfig): void => {
+    sourceControls.set(name, sourceControlOf(name, config))
   }
 
   const hosts = new Map<string, QueueHost>()
@@ -525,7 +528,14 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
   }
 
   const spawnQueue = (name: string, context: QueueContext, version: number, storedLastGreen: LastGreenRef | null): QueueHost => {
-    bindSourceControl(name, context.config)
+    try {
+      bindSourceControl(name, context.config)
+    } catch (error) {
+      // The queue still opens (its history stays readable, and opening it with a corrected
+      // config binds it afresh); its ingests and plans fail with this error meanwhile.
+      logger.error({ err: error, queue: name }, 'queue source control unavailable; open the queue with a corrected config')
+      sourceControls.set(name, error instanceof Error ? error : new Error(String(error)))
+    }
     rootActor.send({ type: 'queue.open', name, context })
     const actor = rootActor.system.get(`queue:${name}`) as QueueActor | undefined
     if (actor === undefined) throw new Error(`queue actor ${name} did not start`)
@@ -652,6 +662,8 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     }
     if (input === undefined) throw new NotFoundError(`queue ${name} does not exist; pass its config to create it`)
     const config = normalizeQueueConfig(input)
+    // Before anything is written: a repository that does not exist is refused, not stored.
+    sourceControlOf(name, config)
     const context = newQueueContext(name, config)
     const at = now()
     const [result] = await writer.write([

@@ -7,6 +7,7 @@ import { EventEmitter } from 'node:events'
 import type { ServerResponse } from 'node:http'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { silentLogger } from '../../src/actors/observability.js'
+import { UnavailableError } from '../../src/storage/errors.js'
 import { streamEvents } from '../../src/http/sse.js'
 import type { LogEntry } from '../../src/actors/event-log.js'
 import { createHttpServer, type ListeningServer } from '../../src/http/index.js'
@@ -223,6 +224,13 @@ describe('HTTP API', () => {
     const headEvents = await fetch(`${url}/events`, { method: 'HEAD' })
     expect(headEvents.status).toBe(405)
     expect(headEvents.headers.get('allow')).toBe('GET')
+  })
+
+  it('refuses to listen on a port in use with UnavailableError (not a raw EADDRINUSE)', async () => {
+    const second = createHttpServer({ reader: createStatusReader(createMemoryStorage()) })
+    const error = await second.listen({ port: Number(new URL(url).port) }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(UnavailableError)
+    expect((error as Error).message).toMatch(/is already in use/)
   })
 
   it('answers only loopback Host names while bound to loopback', async () => {

@@ -447,6 +447,37 @@ describe('git source control provider', () => {
 })
 
 describe('git source control in the runtime', () => {
+  it('a queue naming a repository that does not exist is refused with nothing stored; one that moved since still opens and can be rebound', async () => {
+    const repo = await newRepo()
+    const a = await repo.commit('a')
+    const storage = createMemoryStorage()
+    const builder = createFakeBuilder({ durationMs: 0 })
+    const sourceControl = createGitSourceControlProvider()
+    const missing = join(repo.dir, 'no-such-clone')
+    let sp = await createStovepipe({ storage, sourceControl, builder })
+    await expect(sp.queue('main', { repo: missing, ref: 'main' })).rejects.toBeInstanceOf(NotFoundError)
+    expect(await storage.queues.list()).toEqual([])
+    await sp.stop()
+    // A queue stored with a repository that has gone since (moved, deleted): the runtime still starts.
+    await storage.queues.create({
+      name: 'main',
+      version: 0,
+      config: { ref: 'main', repo: missing, maxConcurrent: 1, maxValidationMs: 60_000, leaseGraceMs: 0, maxAttempts: 1 },
+      createdAt: 1,
+      updatedAt: 1,
+    })
+    sp = await createStovepipe({ storage, sourceControl, builder })
+    try {
+      const stale = await sp.queue('main')
+      await expect(stale.ingest()).rejects.toBeInstanceOf(NotFoundError)
+      // Opened with its corrected config, it is bound afresh.
+      const main = await sp.queue('main', { repo: repo.dir, ref: 'main' })
+      expect((await main.ingest()).uri).toBe(repo.uri(a))
+    } finally {
+      await sp.stop()
+    }
+  })
+
   it('ingests real heads, records them green, and plans incrementally then fully after a rewrite', async () => {
     const repo = await newRepo()
     const a = await repo.commit('a', { 'x.txt': 'a\n' })
