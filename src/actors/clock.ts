@@ -14,6 +14,9 @@ export interface Clock {
   clearTimeout(id: unknown): void
 }
 
+/** The longest delay Node's timers take (about 24.8 days); a longer one fires at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1
+
 /** The real clock. */
 export const systemClock: Clock = {
   now: () => Date.now(),

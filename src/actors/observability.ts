@@ -76,3 +76,8 @@ export function sampledGauge(
 export function histogram(registry: Registry, name: string, help: string, labelNames: LabelNames, buckets: number[]): Histogram {
   return reuse(registry, name, () => new Histogram({ name, help, labelNames, buckets, registers: [registry] }))
 }
+
+/** Hides credentials in the URLs a text quotes (`https://user:token@host` → `https://***@host`), for messages and logs. */
+export function redactUrlCredentials(text: string): string {
+  return text.replace(/(\/\/)[^/@\s]*@/g, '$1***@')
+}

@@ -17,6 +17,7 @@
  * @module
  */
 import { fromCallback, type AnyActorRef } from 'xstate'
+import { MAX_TIMER_MS } from './clock.js'
 import { isRunning } from './running.js'
 
 /** System id of the timer service. */
@@ -43,8 +44,6 @@ export interface TimerDueEvent {
 
 /** The id of the service's one delayed event. */
 const TICK = 'stovepipe.timers.tick'
-/** The longest delay a timer takes (setTimeout's limit); a later time is re-armed on waking. */
-const MAX_DELAY = 2 ** 31 - 1
 
 /**
  * The timer service's logic, to be invoked once per actor system with system id
@@ -60,7 +59,8 @@ export function timerService(clock: { now(): number }) {
       if (armed !== undefined) system.scheduler.cancel(self, TICK)
       armed = at
       if (at !== undefined) {
-        const delay = Math.min(MAX_DELAY, Math.max(0, at - clock.now()))
+        // A later time than the longest delay is re-armed on waking.
+        const delay = Math.min(MAX_TIMER_MS, Math.max(0, at - clock.now()))
         system.scheduler.schedule(self, self, { type: 'timer.tick' }, delay, TICK)
       }
     }

@@ -32,7 +32,7 @@ import { readdirSync, readFileSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { isAbsolute, join, normalize } from 'node:path'
 import type { Logger } from 'pino'
-import { systemClock, type Clock } from '../actors/clock.js'
+import { MAX_TIMER_MS, systemClock, type Clock } from '../actors/clock.js'
 import { silentLogger } from '../actors/observability.js'
 import { parseGitUri } from '../sourcecontrol/git-exec.js'
 import { InvalidInputError } from '../storage/errors.js'
@@ -161,9 +161,6 @@ function describeAbortReason(reason: unknown): string {
 function stopLine(reason: StopReason): string {
   return reason.kind === 'timeout' ? `[stovepipe] timed out after ${reason.ms} ms` : `[stovepipe] build aborted: ${reason.detail}`
 }
-
-/** The longest delay Node's timers take. */
-const MAX_TIMER_MS = 2 ** 31 - 1
 
 function checkOptions(options: ShellBuilderOptions): void {
   const { command, projects, timeoutMs, killGraceMs, worktreeRoot, env } = options

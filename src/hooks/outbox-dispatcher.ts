@@ -16,7 +16,7 @@
  */
 import type { Logger } from 'pino'
 import { Registry, type Counter } from 'prom-client'
-import { backoffDelay, sleep, systemClock, type Clock } from '../actors/clock.js'
+import { backoffDelay, MAX_TIMER_MS, sleep, systemClock, type Clock } from '../actors/clock.js'
 import { counter, silentLogger } from '../actors/observability.js'
 import type { Writer } from '../actors/writer.js'
 import { InvalidInputError, StorageClosedError, StoppedError, UnavailableError } from '../storage/errors.js'
@@ -67,8 +67,6 @@ export interface OutboxDispatcher {
   halt(): void
   stats(): OutboxDispatcherStats
 }
-
-const MAX_TIMER_MS = 2 ** 31 - 1
 
 function positive(value: number, what: string, allowInfinity = false): number {
   if ((allowInfinity && value === Number.POSITIVE_INFINITY) || (Number.isSafeInteger(value) && value >= 1)) return value

@@ -13,6 +13,7 @@
  *
  * @module
  */
+import { redactUrlCredentials } from '../actors/observability.js'
 import { createHmac, timingSafeEqual } from 'node:crypto'
 import { InvalidInputError, UnavailableError } from '../storage/errors.js'
 import type { OutboxKind } from '../storage/types.js'
@@ -83,11 +84,6 @@ function checkUrl(url: unknown): string {
   return parsed.toString()
 }
 
-/** Hides credentials in URLs a message quotes (`https://user:token@host` → `https://***@host`). */
-function redactUrls(text: string): string {
-  return text.replace(/(\/\/)[^/@\s]*@/g, '$1***@')
-}
-
 /** Where a URL points, without credentials, path or query (for messages). */
 function origin(url: string): string {
   return new URL(url).origin
@@ -126,7 +122,9 @@ export function createWebhookHook(options: WebhookHookOptions): Hook {
       })
     } catch (error) {
       if (context.signal.aborted) throw error
-      const why = signal.aborted ? `no answer within ${timeoutMs} ms` : redactUrls(error instanceof Error ? error.message : String(error))
+      const why = signal.aborted
+        ? `no answer within ${timeoutMs} ms`
+        : redactUrlCredentials(error instanceof Error ? error.message : String(error))
       throw new UnavailableError(`webhook ${name} at ${where} failed: ${why}`, { cause: error })
     }
     // Read (and drop) the body, so the connection is released.

@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { MAX_TIMER_MS } from '../actors/clock.js'
 import type { QueueConfig } from '../machines/queue.js'
 import { InvalidInputError } from '../storage/errors.js'
 import { assertProject } from '../storage/validation.js'
@@ -25,9 +26,6 @@ export interface QueueConfigInput {
   projects?: string[]
 }
 
-/** Longest timer the runtime arms (about 24.8 days). */
-const MAX_MS = 2 ** 31 - 1
-
 export const DEFAULT_QUEUE_CONFIG = { maxConcurrent: 1, maxValidationMs: 3_600_000, leaseGraceMs: 60_000, maxAttempts: 3 } as const
 
 function integer(value: unknown, what: string, min: number, max: number): number {
@@ -49,8 +47,8 @@ export function normalizeQueueConfig(input: unknown): QueueConfig {
   const config: QueueConfig = {
     ref,
     maxConcurrent: integer(raw.maxConcurrent ?? DEFAULT_QUEUE_CONFIG.maxConcurrent, 'maxConcurrent', 1, 1000),
-    maxValidationMs: integer(raw.maxValidationMs ?? DEFAULT_QUEUE_CONFIG.maxValidationMs, 'maxValidationMs', 1, MAX_MS),
-    leaseGraceMs: integer(raw.leaseGraceMs ?? DEFAULT_QUEUE_CONFIG.leaseGraceMs, 'leaseGraceMs', 0, MAX_MS),
+    maxValidationMs: integer(raw.maxValidationMs ?? DEFAULT_QUEUE_CONFIG.maxValidationMs, 'maxValidationMs', 1, MAX_TIMER_MS),
+    leaseGraceMs: integer(raw.leaseGraceMs ?? DEFAULT_QUEUE_CONFIG.leaseGraceMs, 'leaseGraceMs', 0, MAX_TIMER_MS),
     maxAttempts: integer(raw.maxAttempts ?? DEFAULT_QUEUE_CONFIG.maxAttempts, 'maxAttempts', 1, 100),
   }
   if (typeof repo === 'string') config.repo = repo

@@ -577,7 +577,8 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
   // Recovery: every queue, with its requests that had not ended.
   const recover = async (): Promise<void> => {
     for (const record of await storage.queues.list()) {
-      if (hostDeps.stopped() !== undefined) break // a runtime actor failed meanwhile (set by a callback)
+      const stopped = hostDeps.stopped() // a runtime actor failed meanwhile (set by a callback)
+      if (stopped !== undefined) throw stopped
       let config: QueueConfig
       try {
         config = normalizeQueueConfig(record.config)
@@ -632,16 +633,13 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
   }
   try {
     await recover()
+    const stopped = hostDeps.stopped() // failed while the last queue was resumed
+    if (stopped !== undefined) throw stopped
   } catch (error) {
     // A recovery that failed (storage) or was cut short (a runtime actor failed meanwhile)
     // leaves nothing running: the queues resumed so far would build on with no caller.
     await stopOnce(10_000)
     throw fatal ?? error
-  }
-  const stoppedWhileRecovering = hostDeps.stopped()
-  if (stoppedWhileRecovering !== undefined) {
-    await stopReport
-    throw stoppedWhileRecovering
   }
   dispatcher?.start()
 

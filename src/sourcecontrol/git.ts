@@ -36,6 +36,8 @@
 import { realpathSync, statSync } from 'node:fs'
 import { realpath } from 'node:fs/promises'
 import { normalize, resolve } from 'node:path'
+import { MAX_TIMER_MS } from '../actors/clock.js'
+import { redactUrlCredentials } from '../actors/observability.js'
 import { InvalidInputError, NotFoundError, UnavailableError } from '../storage/errors.js'
 import type { Page } from '../storage/types.js'
 import { assertRepoPath, assertSha, git, GitCommandError, gitUri, notFoundFor, parseGitUri, type GitResult } from './git-exec.js'
@@ -154,20 +156,12 @@ function checkRemote(remote: unknown): string {
   return remote
 }
 
-/** The longest delay Node's timers take (a longer one would fire at once). */
-const MAX_TIMER_MS = 2 ** 31 - 1
-
 function checkTimeout(value: number | undefined, what: string, fallback: number): number {
   if (value === undefined) return fallback
   if (!Number.isSafeInteger(value) || value < 1 || value > MAX_TIMER_MS) {
     throw new InvalidInputError(`${what} must be a positive integer up to ${MAX_TIMER_MS} (ms), got ${String(value)}`)
   }
   return value
-}
-
-/** Hides credentials in URLs (`https://user:token@host` → `https://***@host`). */
-function redact(text: string): string {
-  return text.replace(/(\/\/)[^/@\s]*@/g, '$1***@')
 }
 
 /** Resolves the repository path synchronously: it must exist and be a directory. */
@@ -328,10 +322,10 @@ function create(options: GitSourceControlOptions, serializers: Map<string, Seria
       await git(dir, args, { timeoutMs: spec.timeoutMs, env: { GIT_ALLOW_PROTOCOL: spec.protocols } })
     } catch (error) {
       if (!(error instanceof GitCommandError)) throw error
-      const stderr = redact(error.stderr.trim())
-      const what = `fetching ${spec.ref} from ${redact(spec.remote)} into ${ref} of ${dir}`
+      const stderr = redactUrlCredentials(error.stderr.trim())
+      const what = `fetching ${spec.ref} from ${redactUrlCredentials(spec.remote)} into ${ref} of ${dir}`
       // Keep the cause (it names the whole command) unless the remote carries credentials.
-      const cause = redact(spec.remote) === spec.remote ? { cause: error } : {}
+      const cause = redactUrlCredentials(spec.remote) === spec.remote ? { cause: error } : {}
       if (/refusing to fetch into/i.test(stderr)) {
         throw new InvalidInputError(
           `${what} is refused because ${ref} is checked out in a working tree; use a bare repository (a mirror) or a ref that is not checked out: ${stderr}`,

@@ -412,6 +412,9 @@ export function applySqliteMigrations(db: Db, migrations: readonly Migration[]):
   }
 }
 
+/** The longest busy timeout taken (SQLite's is an int of milliseconds). */
+const MAX_BUSY_TIMEOUT_MS = 2 ** 31 - 1
+
 /**
  * Opens (creating if needed) a SQLite storage. WAL journal; `synchronous` NORMAL by
  * default, FULL on request; pending migrations applied unless `migrate: false`.
@@ -424,8 +427,8 @@ export async function openSqliteStorage(options: SqliteStorageOptions): Promise<
   if (!['NORMAL', 'FULL'].includes(synchronous)) {
     throw new InvalidInputError(`synchronous must be NORMAL or FULL, got ${synchronous}`)
   }
-  if (!Number.isSafeInteger(busyTimeoutMs) || busyTimeoutMs < 0 || busyTimeoutMs > 2 ** 31 - 1) {
-    throw new InvalidInputError(`busyTimeoutMs must be an integer from 0 to ${2 ** 31 - 1}, got ${String(busyTimeoutMs)}`)
+  if (!Number.isSafeInteger(busyTimeoutMs) || busyTimeoutMs < 0 || busyTimeoutMs > MAX_BUSY_TIMEOUT_MS) {
+    throw new InvalidInputError(`busyTimeoutMs must be an integer from 0 to ${MAX_BUSY_TIMEOUT_MS}, got ${String(busyTimeoutMs)}`)
   }
   let db: Db | undefined
   try {
