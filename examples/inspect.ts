@@ -1,12 +1,12 @@
 /**
  * Watch the statecharts live in the Stately inspector.
  *
- *   npx tsx examples/inspect.ts          # opens http://localhost:8080 and keeps pushing commits
+ *   npx tsx examples/inspect.ts          # opens http://localhost:8090 and keeps pushing commits
  *   npx tsx examples/inspect.ts --once   # one short run, no browser (what the tests run)
  *
  * A local bridge (`@statelyai/inspect/server`) relays the runtime's inspection events to
- * the Stately inspector UI, which the page at http://localhost:8080 embeds (your browser
- * needs to reach stately.ai). Set INSPECT_PORT to use another port.
+ * the Stately inspector UI, which the page at http://localhost:8090 embeds (your browser
+ * needs to reach stately.ai). Set INSPECT_PORT to use another port (8090 by default, next to `stovepipe run`'s 8080).
  */
 import { createWebSocketInspector } from '@statelyai/inspect'
 import { createInspectorServer } from '@statelyai/inspect/server'
@@ -17,7 +17,7 @@ import { createMemoryStorage } from 'stovepipe/storage/memory'
 import WebSocket from 'ws'
 
 const once = process.argv.includes('--once')
-const port = Number(process.env.INSPECT_PORT ?? 8080)
+const port = Number(process.env.INSPECT_PORT ?? 8090)
 const server = createInspectorServer({ port, autoOpen: !once })
 const inspector = createWebSocketInspector({ url: `ws://localhost:${port}` })
 

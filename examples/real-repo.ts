@@ -11,6 +11,11 @@ import { createShellBuilder } from 'stovepipe/build/shell'
 import { createGitSourceControlProvider } from 'stovepipe/sourcecontrol/git'
 import { openSqliteStorage } from 'stovepipe/storage/sqlite'
 
+if (process.argv.length < 3) {
+  // Nothing is built by surprise: `npm test` on a whole checkout can take minutes.
+  console.error('usage: npx tsx examples/real-repo.ts <repo path> [ref (main)] [build command ("npm test")]')
+  process.exit(2)
+}
 const [repoArg = '.', ref = 'main', command = 'npm test'] = process.argv.slice(2)
 const repo = resolve(repoArg)
 

@@ -54,6 +54,12 @@ describe('examples', () => {
       expect(out).toContain(`last green: ${repo.uri(sha)} (request/main/1)`)
       const again = await example('real-repo.ts', [repo.dir, 'main', 'sh ./check.sh'], env)
       expect(again).toContain(`request/main/1 ${repo.uri(sha)} (seen before): green (full)`)
+      // With no arguments it builds nothing (it would run `npm test` on this checkout): usage, exit 2.
+      const bare = await example('real-repo.ts', [], env).then(
+        () => ({ code: 0, stderr: '' }),
+        (error: { code: number; stderr: string }) => error,
+      )
+      expect(bare).toMatchObject({ code: 2, stderr: expect.stringContaining('usage: npx tsx examples/real-repo.ts <repo path>') })
     } finally {
       repo.remove()
       state.remove()

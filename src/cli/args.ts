@@ -67,10 +67,12 @@ export function parse(spec: CommandSpec, argv: readonly string[]): Parsed {
   try {
     parsed = parseArgs({ args: [...argv], options, allowPositionals: true, strict: true })
   } catch (error) {
+    // Node's text, on one line: its first sentence, and how to pass a value starting with a dash.
     const message = error instanceof Error ? error.message : String(error)
-    throw new InvalidInputError(`${message.replace(/\. To specify a positional.*$/s, '')}. See \`stovepipe ${spec.name} --help\`.`, {
-      cause: error,
-    })
+    const first = (message.split('\n')[0] ?? '').replace(/\. To specify a positional.*$/s, '').replace(/\.$/, '')
+    const dash = /starting with a dash use '([^']+)'/.exec(message)?.[1]
+    const hint = dash === undefined ? '' : ` (for a value starting with a dash, write ${dash})`
+    throw new InvalidInputError(`${first}${hint}. See \`stovepipe ${spec.name} --help\`.`, { cause: error })
   }
   const values = parsed.values as Record<string, string | boolean | undefined>
   if (values.help === true) return { values, positionals: parsed.positionals }

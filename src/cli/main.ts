@@ -104,7 +104,9 @@ export async function main(argv: readonly string[], io: CliIo): Promise<number> 
   } catch (error) {
     const code = exitCodeOf(error)
     const message = error instanceof Error ? error.message : String(error)
-    const cause = error instanceof Error && error.cause instanceof Error ? ` (${error.cause.message})` : ''
+    // The cause's message, unless the message already says its first sentence.
+    const said = error instanceof Error && error.cause instanceof Error ? error.cause.message : ''
+    const cause = said === '' || message.includes((said.split(/\n|\. /)[0] ?? '').replace(/\.$/, '')) ? '' : ` (${said})`
     io.stderr.write(`stovepipe ${name}: ${message}${cause}\n`)
     if (code === 70 && error instanceof Error && error.stack !== undefined) io.stderr.write(`${error.stack}\n`)
     return code

@@ -76,6 +76,23 @@ async function openSource(parsed: Parsed, io: CliIo): Promise<Source> {
   return { reader: createStatusReader(storage), storage, close: () => storage.close() }
 }
 
+/** A word for a shell command line, quoted when it needs to be. */
+const shellWord = (word: string): string => (/^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`)
+
+/**
+ * The source flags given (`--db`, `--mysql`, `--url`) as they would be typed again, for the
+ * commands the read commands suggest. A MySQL password is shown as `***` (never echoed), and
+ * a token stays in its flag or STOVEPIPE_TOKEN.
+ */
+function sourceArgs(parsed: Parsed): string {
+  const words: string[] = []
+  for (const name of ['db', 'mysql', 'url'] as const) {
+    const value = stringOption(parsed, name)
+    if (value !== undefined) words.push(`--${name}`, shellWord(name === 'mysql' ? value.replace(/(\/\/[^/:@\s]*):[^/@\s]*@/, '$1:***@') : value))
+  }
+  return words.length === 0 ? '' : ` ${words.join(' ')}`
+}
+
 async function withSource(parsed: Parsed, io: CliIo, work: (source: Source) => Promise<number>): Promise<number> {
   const source = await openSource(parsed, io)
   try {
@@ -154,7 +171,9 @@ export function historyCommand(parsed: Parsed, io: CliIo): Promise<number> {
         ? `no recorded requests in ${queue} yet\n`
         : table(['REQUEST', 'SHA', 'VERDICT', 'STRATEGY', 'ENDED', 'REASON'], rows),
     )
-    if (page.nextCursor !== undefined) io.stdout.write(`more: stovepipe history ${queue} --cursor ${page.nextCursor}\n`)
+    if (page.nextCursor !== undefined) {
+      io.stdout.write(`more: stovepipe history ${queue} --cursor ${shellWord(page.nextCursor)}${sourceArgs(parsed)}\n`)
+    }
     return 0
   })
 }

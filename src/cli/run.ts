@@ -180,7 +180,10 @@ export async function runCommand(parsed: Parsed, io: CliIo): Promise<number> {
         if (message !== lastProblem) {
           lastProblem = message
           const code = error instanceof StovepipeError ? error.code : 'ERROR'
-          logger.warn({ err: error, queue: queueName }, 'polling failed')
+          // The line below says it for people; a typed error (a missing ref, storage down) needs no
+          // stack on stderr at the default level, an unexpected one does.
+          if (error instanceof StovepipeError) logger.info({ err: error, queue: queueName }, 'polling failed')
+          else logger.warn({ err: error, queue: queueName }, 'polling failed')
           progress(`cannot read ${ref} (${code}): ${message}; retrying every ${pollMs} ms`)
         }
       }

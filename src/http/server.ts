@@ -21,7 +21,8 @@ import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { counter, gauge, silentLogger } from '../actors/observability.js'
 import type { IngestResult } from '../runtime/queue-host.js'
-import { InvalidInputError, UnavailableError } from '../storage/errors.js'
+import { InvalidInputError, NotFoundError, UnavailableError } from '../storage/errors.js'
+import { assertQueueName } from '../storage/validation.js'
 import type { EventFeed } from '../status/feed.js'
 import type { StatusReader } from '../status/types.js'
 import { HttpError, toResponse } from './errors.js'
@@ -31,7 +32,8 @@ import { streamEvents, type EventStream } from './sse.js'
 
 /** The part of a runtime the server uses (a `Stovepipe` is one). */
 export interface HttpRuntime {
-  queue(name: string): Promise<{ ingest(): Promise<IngestResult> }>
+  /** The queues this runtime runs: `POST /queues/:q/ingest` ingests only into one of them. */
+  queues(): readonly { readonly name: string; ingest(): Promise<IngestResult> }[]
   readonly registry?: Registry
   readonly events?: EventFeed
 }
@@ -227,7 +229,20 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
 
   const routes = createRoutes({
     reader,
-    ingest: sp === undefined ? undefined : async (queue) => (await sp.queue(queue)).ingest(),
+    ingest:
+      sp === undefined
+        ? undefined
+        : async (name) => {
+            assertQueueName(name)
+            const running = sp.queues()
+            const queue = running.find((q) => q.name === name)
+            if (queue === undefined) {
+              // Never open a queue here: another process may run it (and this one has no config for it).
+              const names = running.map((q) => q.name).join(', ')
+              throw new NotFoundError(`queue ${name} is not run by this server${names === '' ? '' : ` (it runs ${names})`}`)
+            }
+            return queue.ingest()
+          },
     registry,
     page: statusPage,
     events: openStream,

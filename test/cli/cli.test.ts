@@ -95,6 +95,17 @@ describe('stovepipe read commands', () => {
     expect(rest.items.map((r) => r.id)).toEqual(['request/main/1'])
   })
 
+  it("history's hint for the next page repeats the source flags, so it can be run as printed", async () => {
+    const first = await cli('history', 'main', '--db', db, '--limit', '2')
+    const hint = /^more: (stovepipe history .*)$/m.exec(first.stdout)?.[1] ?? ''
+    expect(hint).toMatch(/^stovepipe history main --cursor \S+ --db \S+$/)
+    const argv = hint.split(' ').slice(1).map((word) => word.replace(/^'(.*)'$/, '$1'))
+    const next = await cli(...argv)
+    expect(next.code).toBe(0)
+    expect(next.stdout).toMatch(/^request\/main\/1\s+aaaaaaa\s+green/m)
+    expect(next.stdout).not.toContain('more:')
+  })
+
   it('why explains a red commit (exit 1) and a green one (exit 0), by short sha', async () => {
     const red = await cli('why', 'main', 'bad0002', '--db', db)
     expect(red.code).toBe(1)
@@ -133,6 +144,19 @@ describe('stovepipe arguments', () => {
     expect(notRepo.code).toBe(2)
     expect(notRepo.stderr).toMatch(/stovepipe run: .*git/i)
     expect((await cli('status', '--db', db, '--url', 'http://127.0.0.1:1')).code).toBe(2)
+  })
+
+  it('says a parse error once, on one line', async () => {
+    for (const [argv, text] of [
+      [['status', '--nope'], "stovepipe status: Unknown option '--nope'. See `stovepipe status --help`.\n"],
+      [['run', '--build', 'true', '--poll'], "stovepipe run: Option '--poll <value>' argument missing. See `stovepipe run --help`.\n"],
+      [
+        ['events', '--from', '-1'],
+        "stovepipe events: Option '--from' argument is ambiguous (for a value starting with a dash, write --from=-XYZ). See `stovepipe events --help`.\n",
+      ],
+    ] as const) {
+      expect(await cli(...argv)).toEqual({ code: 2, stdout: '', stderr: text })
+    }
   })
 
   it('parses durations and listen addresses', () => {

@@ -222,6 +222,20 @@ describe('stovepipe (end to end)', () => {
     expect(await cli.exited).toBe(0)
   }, 120_000)
 
+  it('run on a ref that does not exist says so in one line per problem, without a log stack, and keeps polling', async () => {
+    const { repo, dir, db } = await setup()
+    await repo.commit('one', { 'check.sh': CHECK, status: 'ok\n' })
+    const cli = start(['run', '--repo', repo.dir, '--ref', 'nope', '--build', 'true', '--db', db, '--poll', '50ms', '--http', 'off'], dir)
+    await cli.waitFor(/cannot read nope \(NOT_FOUND\): ref refs\/heads\/nope does not exist/)
+    // Several polls later: still one line, and nothing from the logger at the default level.
+    await new Promise((done) => setTimeout(done, 300))
+    cli.child.kill('SIGTERM')
+    expect(await cli.exited).toBe(0)
+    expect(cli.stderr().match(/cannot read nope/g)).toHaveLength(1)
+    expect(cli.stderr()).not.toContain('"level"')
+    expect(cli.stderr()).not.toContain('    at ')
+  }, 60_000)
+
   it('two run processes on one database need their own --node-id: the one that finds the other in its log stops (exit 5)', async () => {
     const { repo, dir, db } = await setup()
     const hold = join(dir, 'hold')

@@ -13,6 +13,7 @@ import type { LogEntry } from '../../src/actors/event-log.js'
 import { createHttpServer, type ListeningServer } from '../../src/http/index.js'
 import type { QueueHandle } from '../../src/index.js'
 import { createMemoryStorage } from '../../src/storage/memory/index.js'
+import { sampleQueue } from '../../src/testing/index.js'
 import type { EventRow } from '../../src/storage/index.js'
 import { createStatusReader, pollEvents, type EventFeed } from '../../src/status/index.js'
 import { rawRequest, readSse, startRuntime, type Live } from './helpers.js'
@@ -182,6 +183,14 @@ describe('HTTP API', () => {
 
   it('refuses bad POSTs: unknown queue, bad JSON, a body that is not an object, 100 KiB, another origin', async () => {
     expect(await post(`${url}/queues/nope/ingest`, { token: TOKEN })).toMatchObject({ status: 404, body: errorOf('NOT_FOUND') })
+    // A queue stored (by another process, say) but not run here is not opened by an ingest.
+    await live.storage.commit([{ op: 'queue.create', record: sampleQueue('elsewhere', { config: { ref: 'main' } }) }])
+    expect(await post(`${url}/queues/elsewhere/ingest`, { token: TOKEN })).toMatchObject({
+      status: 404,
+      body: errorOf('NOT_FOUND', /^queue elsewhere is not run by this server \(it runs main, empty\)$/),
+    })
+    expect(live.sp.queues().map((q) => q.name)).not.toContain('elsewhere')
+    expect(await post(`${url}/queues/${'x'.repeat(200)}/ingest`, { token: TOKEN })).toMatchObject({ status: 400 })
     expect(await post(`${url}/queues/main/ingest`, { token: TOKEN, body: '{"oops":' })).toMatchObject({
       status: 400,
       body: errorOf('INVALID_INPUT', /not valid JSON/),

@@ -268,6 +268,20 @@ describe('status reader', () => {
   })
 })
 
+describe('why on a git queue', () => {
+  it('refuses what cannot name a git commit (InvalidInputError), and looks up shas, prefixes and URIs', async () => {
+    const storage = createMemoryStorage()
+    await storage.commit([{ op: 'queue.create', record: sampleQueue('git') }])
+    const reader = createStatusReader(storage)
+    for (const bad of ['zzz', 'abc', 'abcdef', 'main', 'v1.0.0', 'g123456'])
+      await expect(reader.why('git', bad)).rejects.toThrow(/is not a commit of queue git: give a sha or a sha prefix of at least 7 hex/)
+    await expect(reader.why('git', 'zzz')).rejects.toBeInstanceOf(InvalidInputError)
+    expect(await reader.why('git', 'ABCDEF1')).toMatchObject({ status: 'unknown', sha: 'abcdef1' })
+    expect(await reader.why('git', 'a'.repeat(64))).toMatchObject({ status: 'unknown' })
+    expect(await reader.why('git', 'git+file:///srv/repo#zzz')).toMatchObject({ status: 'unknown', sha: 'zzz' })
+  })
+})
+
 describe('status reader at scale', () => {
   it('summarizes a queue with 200 000 ended requests (no spread of every request number)', async () => {
     const storage = createMemoryStorage()
