@@ -3,7 +3,7 @@ import js from '@eslint/js'
 import tseslint from 'typescript-eslint'
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'coverage/', 'test-artifacts/', '.tmp/', '.bench-build/'] },
+  { ignores: ['dist/', 'node_modules/', 'coverage/', 'test-artifacts/', '.tmp/', '.bench-build/', '.scratch/'] },
   js.configs.recommended,
   ...tseslint.configs.strictTypeChecked,
   {

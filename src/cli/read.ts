@@ -88,7 +88,8 @@ function sourceArgs(parsed: Parsed): string {
   const words: string[] = []
   for (const name of ['db', 'mysql', 'url'] as const) {
     const value = stringOption(parsed, name)
-    if (value !== undefined) words.push(`--${name}`, shellWord(name === 'mysql' ? value.replace(/(\/\/[^/:@\s]*):[^/@\s]*@/, '$1:***@') : value))
+    if (value !== undefined)
+      words.push(`--${name}`, shellWord(name === 'mysql' ? value.replace(/(\/\/[^/:@\s]*):[^/@\s]*@/, '$1:***@') : value))
   }
   return words.length === 0 ? '' : ` ${words.join(' ')}`
 }

@@ -99,7 +99,10 @@ describe('stovepipe read commands', () => {
     const first = await cli('history', 'main', '--db', db, '--limit', '2')
     const hint = /^more: (stovepipe history .*)$/m.exec(first.stdout)?.[1] ?? ''
     expect(hint).toMatch(/^stovepipe history main --cursor \S+ --db \S+$/)
-    const argv = hint.split(' ').slice(1).map((word) => word.replace(/^'(.*)'$/, '$1'))
+    const argv = hint
+      .split(' ')
+      .slice(1)
+      .map((word) => word.replace(/^'(.*)'$/, '$1'))
     const next = await cli(...argv)
     expect(next.code).toBe(0)
     expect(next.stdout).toMatch(/^request\/main\/1\s+aaaaaaa\s+green/m)
