@@ -142,6 +142,11 @@ export interface EventLog {
   /** Stable one-line text for an entry. */
   render(entry: LogEntry): string
   subscribe(listener: (entry: LogEntry) => void | Promise<void>, options?: SubscribeOptions): Subscription
+  /**
+   * Where a live-only subscription made now starts: the id of the next entry it would get.
+   * Subscribing with `{ from: position() }` later misses nothing in between.
+   */
+  position(): number
   /** Resolves when everything sent so far is durable. */
   flush(): Promise<void>
   /** Refuses new events, flushes within `deadlineMs` (default 10 000), stops subscribers. */
@@ -750,6 +755,10 @@ class LagAwareEventLog implements EventLog {
 
   /** Ids below this are durable (for live-only subscribers). */
   durableNextId(): number {
+    return this.durableId
+  }
+
+  position(): number {
     return this.durableId
   }
 

@@ -7,8 +7,9 @@
  */
 import { renderEntry, type LogEntry } from '../actors/event-log.js'
 import { createHttpClient, followEvents } from '../http/index.js'
-import { createStatusReader, shortSha, type StatusReader } from '../status/index.js'
+import { createStatusReader, lastIdOf, shortSha, type StatusReader } from '../status/index.js'
 import { InvalidInputError } from '../storage/errors.js'
+import { assertNodeId } from '../storage/validation.js'
 import type { Storage } from '../storage/types.js'
 import { READ_OPTIONS, parsePositiveInt, stringOption, type CommandSpec, type Parsed } from './args.js'
 import { formatTime, painter, table, type CliIo } from './io.js'
@@ -42,11 +43,19 @@ export const HISTORY = spec('history', 'List the recorded requests of a queue, n
   cursor: { type: 'string', value: '<cursor>', description: 'continue from a previous page' },
 })
 /** `stovepipe events`. */
-export const EVENTS = spec('events', 'Print the event log (every request transition); gaps are shown as text.', [], {
-  from: { type: 'string', value: '<id>', description: 'start at this logical event id', defaultText: '0' },
-  follow: { type: 'boolean', short: 'f', description: 'keep printing new events until interrupted' },
-  limit: { type: 'string', value: '<n>', description: 'at most this many (without --follow)', defaultText: '1000' },
-})
+export const EVENTS = spec(
+  'events',
+  'Print the event log (every request transition); gaps are shown as text.',
+  [],
+  {
+    node: { type: 'string', value: '<id>', description: "only this node's log (each process sharing a database is a node)" },
+    from: { type: 'string', value: '<id>', description: 'start at this logical event id (of each node)', defaultText: '0' },
+    follow: { type: 'boolean', short: 'f', description: 'keep printing new events until interrupted' },
+    limit: { type: 'string', value: '<n>', description: 'at most this many per node (without --follow)', defaultText: '1000' },
+  },
+  'Each node numbers its events from 0. With several nodes, each line starts with its node, and\n' +
+    "--follow with --url streams the server's own node unless --node names another.",
+)
 /** `stovepipe why`. */
 export const WHY = spec(
   'why',
@@ -179,29 +188,49 @@ export function historyCommand(parsed: Parsed, io: CliIo): Promise<number> {
   })
 }
 
-/** Runs `stovepipe events [--follow] [--from id]`. */
+/** Runs `stovepipe events [--node id] [--follow] [--from id]`. */
 export function eventsCommand(parsed: Parsed, io: CliIo): Promise<number> {
   const from = Number(stringOption(parsed, 'from') ?? '0')
   if (!Number.isSafeInteger(from) || from < 0) throw new InvalidInputError(`--from must be a non-negative integer`)
   const limit = parsePositiveInt(stringOption(parsed, 'limit') ?? '1000', '--limit')
+  if (limit > 10_000) throw new InvalidInputError(`--limit must be at most 10000, got ${limit}`)
+  const node = stringOption(parsed, 'node')
+  if (node !== undefined) assertNodeId(node)
+  const follow = parsed.values.follow === true
+  // Once rows of two nodes were printed, every line says its node.
+  let tagged = false
   const print = (entry: LogEntry): void => {
-    io.stdout.write(parsed.values.json === true ? `${JSON.stringify(entry)}\n` : `${renderEntry(entry)}\n`)
+    if (parsed.values.json === true) io.stdout.write(`${JSON.stringify(entry)}\n`)
+    else io.stdout.write(`${tagged ? `${entry.nodeId}  ` : ''}${renderEntry(entry)}\n`)
   }
   const url = stringOption(parsed, 'url')
-  if (parsed.values.follow === true && url !== undefined) {
+  if (follow && url !== undefined && node === undefined) {
     const token = stringOption(parsed, 'token') ?? io.env.STOVEPIPE_TOKEN
     return followEvents({ url, from, ...(token === undefined ? {} : { token }) }, print, io.signal).then(() => 0)
   }
   return withSource(parsed, io, async ({ reader }) => {
-    let next = from
+    // Ids are contiguous per node, so each node is read with a position of its own.
+    const next = new Map<string, number>()
     for (;;) {
-      const rows = await reader.events({ from: next, limit: parsed.values.follow === true ? 1000 : limit })
-      for (const row of rows) {
-        print(row)
-        next = (row.kind === 'gap' ? row.toId : row.id) + 1
+      const nodes = node === undefined ? await reader.nodes() : [node]
+      tagged ||= nodes.length > 1
+      let printed = 0
+      for (const nodeId of nodes) {
+        const position = next.get(nodeId) ?? from
+        const rows = await reader.events({ nodeId, from: position, limit: follow ? 1000 : limit })
+        for (const row of rows) {
+          print(row)
+          next.set(nodeId, lastIdOf(row) + 1)
+        }
+        printed += rows.length
+        const last = rows.at(-1)
+        if (!follow && rows.length === limit && last !== undefined) {
+          const more = `stovepipe events --node ${nodeId} --from ${lastIdOf(last) + 1} --limit ${limit}${sourceArgs(parsed)}`
+          ;(parsed.values.json === true ? io.stderr : io.stdout).write(`more: ${more}\n`)
+        }
       }
-      if (parsed.values.follow !== true || io.signal.aborted) return 0
-      if (rows.length === 0) await new Promise((done) => setTimeout(done, 500))
+      if (!follow || io.signal.aborted) return 0
+      if (printed === 0) await new Promise((done) => setTimeout(done, 500))
     }
   })
 }

@@ -146,6 +146,7 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
     request: (id) => getJson<RequestView>(`/requests/${encodeURIComponent(id)}`),
     events: (page: EventsOptions = {}) =>
       getJson<EventRow[]>(`/events.json${query({ from: page.from, limit: page.limit, node: page.nodeId })}`),
+    nodes: () => getJson<string[]>('/nodes'),
     why: (queue, commit) => getJson<Explanation>(`/queues/${q(queue)}/commits/${encodeURIComponent(commit)}`),
     ingest: async (queue) => (await (await call('POST', `/queues/${q(queue)}/ingest`)).json()) as IngestResult,
     health: () => getJson<{ status: string; readOnly: boolean }>('/healthz'),
@@ -190,11 +191,18 @@ function entryOf(data: string): { entry: LogEntry; text: string } {
   return { entry, text }
 }
 
+/** The `from` of an `event: position` message; undefined when it holds none. */
+function positionOf(data: string): number | undefined {
+  const from = (JSON.parse(data) as { from?: unknown }).from
+  return typeof from === 'number' && Number.isSafeInteger(from) && from >= 0 ? from : undefined
+}
+
 /**
  * Follows a server's `/events` stream: calls `onEntry` for each transition, gap and
  * (unreadable) lag range in id order, until `signal` aborts (then resolves). A dropped
- * connection is reopened after a short backoff from the id after the last one received, so
- * nothing is missed or repeated; an error response (4xx, 5xx) rejects.
+ * connection is reopened after a short backoff from the id after the last one received
+ * (without `from`, from where the server said the stream started), so nothing is missed or
+ * repeated; an error response (4xx, 5xx) rejects.
  */
 export async function followEvents(options: FollowEventsOptions, onEntry: EventListener, signal?: AbortSignal): Promise<void> {
   const url = baseUrl(options.url)
@@ -229,6 +237,11 @@ export async function followEvents(options: FollowEventsOptions, onEntry: EventL
       if (res.body === null) throw new UnavailableError('the event stream has no body')
       for await (const chunk of res.body) {
         for (const message of parser.push(decoder.decode(chunk as Uint8Array, { stream: true }))) {
+          // Where a stream without `from` starts: resume from there if it drops before an entry.
+          if (message.event === 'position') {
+            next ??= positionOf(message.data)
+            continue
+          }
           if (message.event !== 'message' && message.event !== 'gap') continue
           const { entry, text } = entryOf(message.data)
           next = (entry.kind === 'event' ? entry.id : entry.toId) + 1

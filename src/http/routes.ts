@@ -148,6 +148,7 @@ export function createRoutes(deps: RouteDeps): Route[] {
         )
       },
     },
+    { method: 'GET', path: '/nodes', handle: async () => json(await reader.nodes()) },
     { method: 'GET', path: '/queues', handle: async () => json(await reader.queues()) },
     { method: 'GET', path: '/queues/:queue', handle: async (ctx) => json(await reader.queue(param(ctx, 'queue'))) },
     {

@@ -9,6 +9,10 @@
  * storage and sent in order; only if that read fails is the range sent as `event: gap`
  * with `kind: 'lag'`. A comment line every `keepAliveMs` keeps proxies from timing out.
  *
+ * A stream asked for no `from` starts where the feed is now, and says so first with an
+ * `event: position` message (data `{ "from": N }`, and `id: N-1` when N > 0): a client that
+ * loses its connection before the first entry resumes from N instead of live only.
+ *
  * @module
  */
 import type { ServerResponse } from 'node:http'
@@ -61,6 +65,7 @@ export function streamEvents(res: ServerResponse, options: StreamEventsOptions):
   let closed = false
   let next = options.from
   let subscription: Subscription | undefined
+  const liveOnly = next === undefined
 
   res.writeHead(200, {
     'Content-Type': 'text/event-stream; charset=utf-8',
@@ -134,23 +139,41 @@ export function streamEvents(res: ServerResponse, options: StreamEventsOptions):
   // The response closes when the client goes away (or the stream ends).
   res.on('close', cleanup)
 
-  try {
-    subscription = feed.subscribe(
-      async (entry) => {
-        if (closed) return
-        if (entry.kind === 'lag') await fillIn(entry)
-        else await send(entry)
-      },
-      next === undefined ? {} : { from: next },
-    )
-    subscription.live.catch((error: unknown) => {
-      logger.error({ err: error }, 'event stream failed; closing it')
+  const subscribe = (): void => {
+    if (closed) return
+    try {
+      subscription = feed.subscribe(
+        async (entry) => {
+          if (closed) return
+          if (entry.kind === 'lag') await fillIn(entry)
+          else await send(entry)
+        },
+        next === undefined ? {} : { from: next },
+      )
+      subscription.live.catch((error: unknown) => {
+        logger.error({ err: error }, 'event stream failed; closing it')
+        res.end()
+      })
+    } catch (error) {
+      logger.error({ err: error }, 'could not subscribe to the event feed')
       res.end()
-    })
-  } catch (error) {
-    logger.error({ err: error }, 'could not subscribe to the event feed')
-    res.end()
+    }
   }
+
+  if (liveOnly && feed.position !== undefined) {
+    // Start where the feed is now, and say where: the subscription resumes from there.
+    Promise.resolve()
+      .then(() => (feed.position as () => number | Promise<number>)())
+      .then(async (from) => {
+        next = from
+        await write(`event: position\n${from > 0 ? `id: ${from - 1}\n` : ''}data: ${JSON.stringify({ from })}\n\n`)
+        subscribe()
+      })
+      .catch((error: unknown) => {
+        logger.error({ err: error }, 'could not read where the event feed is; closing the stream')
+        res.end()
+      })
+  } else subscribe()
 
   return {
     close: () => {

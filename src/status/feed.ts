@@ -20,6 +20,11 @@ export interface EventFeed {
   subscribe(listener: (entry: LogEntry) => void | Promise<void>, options?: SubscribeOptions): Subscription
   /** Reads persisted rows from a logical id; used to fill in what a lag notice says was skipped. */
   read?(options: { nodeId?: string; from?: number; limit?: number }): Promise<EventRow[]>
+  /**
+   * The id a live-only subscription made now would start at, so that a client told it can
+   * resume from there after losing its connection before its first entry.
+   */
+  position?(): number | Promise<number>
 }
 
 /** Options of {@link pollEvents}. */
@@ -115,5 +120,10 @@ export function pollEvents(storage: Storage, options: PollEventsOptions = {}): E
     }
   }
 
-  return { subscribe, read }
+  const position = async (): Promise<number> => {
+    const last = await storage.events.last(nodeId)
+    return last === undefined ? 0 : lastIdOf(last) + 1
+  }
+
+  return { subscribe, read, position }
 }

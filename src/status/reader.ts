@@ -167,6 +167,10 @@ class StorageStatusReader implements StatusReader {
     return this.storage.events.read({ fromId: from, limit, ...(nodeId === undefined ? {} : { nodeId }) })
   }
 
+  nodes(): Promise<string[]> {
+    return this.storage.events.nodes()
+  }
+
   async why(queue: string, commit: string): Promise<Explanation> {
     assertCommit(commit)
     const record = await this.record(queue)

@@ -76,7 +76,10 @@ export interface EventsOptions {
   from?: number
   /** 1 to 10 000 (default 1000). */
   limit?: number
-  /** Only this node's rows (default: every node, ordered by node then seq). */
+  /**
+   * Only this node's rows (default: every node, ordered by node then seq). Ids are
+   * contiguous per node: to page through several nodes, page each one (see `nodes()`).
+   */
   nodeId?: string
 }
 
@@ -123,6 +126,8 @@ export interface StatusReader {
   request(id: string): Promise<RequestView>
   /** Event-log rows (transitions and gaps), ordered by node then seq. */
   events(options?: EventsOptions): Promise<EventRow[]>
+  /** The nodes whose event logs have rows (each process sharing a database is one), by name. */
+  nodes(): Promise<string[]>
   /**
    * Explains a commit: `commit` is a URI, a sha, or a sha prefix of at least 7 hex
    * characters. `InvalidInputError` when a prefix is ambiguous.

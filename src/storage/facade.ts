@@ -79,6 +79,8 @@ export interface StorageBackend {
   listFacts(queue: string, uri: string): Promise<Fact[]>
   readEvents(options: PreparedReadOptions): Promise<EventRow[]>
   lastEvent(nodeId: string): Promise<EventRow | undefined>
+  /** Node ids with event rows, in `(nodeId)` order. */
+  eventNodes(): Promise<string[]>
   /** Up to `limit` letters stored after position `after`, with their positions. */
   listDeadLetters(after: number, limit: number): Promise<{ position: number; letter: DeadLetter }[]>
   getOutbox(key: OutboxKey): Promise<OutboxEntry | undefined>
@@ -240,6 +242,7 @@ export function createStorageFacade(backend: StorageBackend): Storage {
           assertNodeId(nodeId)
           return backend.lastEvent(nodeId)
         }),
+      nodes: () => call(() => backend.eventNodes()),
     },
     deadLetters: {
       put: (letter) =>

@@ -299,6 +299,11 @@ export interface EventStore {
   read: (options?: ReadEventsOptions) => Promise<EventRow[]>
   /** The row with the highest seq of a node, or undefined when the node has none. */
   last: (nodeId: string) => Promise<EventRow | undefined>
+  /**
+   * The nodes that have rows, in the order `read` gives them. Ids are contiguous per node,
+   * so a reader of several nodes pages each with `nodeId` and a position of its own.
+   */
+  nodes: () => Promise<string[]>
 }
 
 /** The hooks' outbox: notifications to deliver, with their delivery state. */

@@ -97,7 +97,12 @@ export function createFaultyStorage(inner: Storage, options: FaultOptions = {}):
     },
     facts: { put: read(inner.facts.put), get: read(inner.facts.get), listByUri: read(inner.facts.listByUri) },
     counters: { next: read(inner.counters.next) },
-    events: { append: read(inner.events.append), read: read(inner.events.read), last: read(inner.events.last) },
+    events: {
+      append: read(inner.events.append),
+      read: read(inner.events.read),
+      last: read(inner.events.last),
+      nodes: read(inner.events.nodes),
+    },
     deadLetters: { put: read(inner.deadLetters.put), list: read(inner.deadLetters.list) },
     outbox: {
       put: read(inner.outbox.put),

@@ -462,6 +462,16 @@ export function describeStorageContract(name: string, openFresh: () => Promise<S
         expect(await storage.events.last('node-c')).toBeUndefined()
       })
 
+      it('lists the nodes with rows, in the order read gives them', async () => {
+        expect(await storage.events.nodes()).toEqual([])
+        const nodes = ['node-b', 'a.1', 'Z9', 'node-a', '_x']
+        await storage.events.append(nodes.map((node) => eventRow(node, 0, 0)))
+        await storage.events.append([eventRow('node-a', 1, 1)])
+        const listed = await storage.events.nodes()
+        expect(listed).toEqual(['Z9', '_x', 'a.1', 'node-a', 'node-b'])
+        expect(listed).toEqual([...new Set((await storage.events.read()).map((row) => row.nodeId))])
+      })
+
       it('refuses a duplicate (nodeId, seq) and appends nothing of that call', async () => {
         await storage.events.append([eventRow('node-a', 0, 0)])
         const error = await rejection(storage.events.append([eventRow('node-a', 1, 1), eventRow('node-a', 0, 9)]))

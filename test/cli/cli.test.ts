@@ -11,6 +11,7 @@ import { createStovepipe } from '../../src/index.js'
 import { createFakeSourceControl } from '../../src/sourcecontrol/fake.js'
 import { openMysqlStorage } from '../../src/storage/mysql/index.js'
 import { openSqliteStorage } from '../../src/storage/sqlite/index.js'
+import type { EventRow } from '../../src/storage/types.js'
 import { createMysqlDatabase, describeMysql } from '../support/mysql.js'
 import { tempDir } from '../support/sqlite.js'
 
@@ -128,8 +129,104 @@ describe('stovepipe read commands', () => {
     expect(status.stdout).toContain('last green  ccccccc (request/main/3')
     expect(status.stdout).toContain('docs  docs')
     const events = await cli('events', '--db', db, '--from', '0', '--limit', '3')
-    expect(events.stdout.trim().split('\n')).toHaveLength(3)
-    expect(events.stdout).toMatch(/^#0 .* request\/main\/1 new -> accepted \(INIT\)$/m)
+    const lines = events.stdout.trim().split('\n')
+    expect(lines).toHaveLength(4)
+    expect(lines[0]).toMatch(/^#0 .* request\/main\/1 new -> accepted \(INIT\)$/)
+    expect(lines[3]).toBe(`more: stovepipe events --node local --from 3 --limit 3 --db ${db}`)
+  })
+})
+
+describe('stovepipe events with several nodes', () => {
+  const nodesDb = join(dir.dir, 'nodes.db')
+  const row = (nodeId: string, seq: number): EventRow => ({
+    kind: 'event',
+    nodeId,
+    seq,
+    id: seq,
+    at: 1_000 + seq,
+    payload: { queue: 'main', requestId: `request/main/${seq + 1}`, from: 'new', to: 'accepted', event: 'INIT' },
+  })
+
+  beforeAll(async () => {
+    // Two processes' logs in one database: node a wrote 5 events, node b 3, each numbered from 0.
+    const storage = await openSqliteStorage({ filename: nodesDb })
+    await storage.events.append([0, 1, 2, 3, 4].map((seq) => row('a', seq)))
+    await storage.events.append([0, 1, 2].map((seq) => row('b', seq)))
+    await storage.close()
+  })
+
+  const ids = (stdout: string): string[] =>
+    stdout
+      .trim()
+      .split('\n')
+      .filter((line) => !line.startsWith('more:'))
+      .map((line) => `${line.split(' #')[0] ?? ''} #${/#(\d+)/.exec(line)?.[1] ?? '?'}`)
+
+  it('prints every node, each line with its node; --node picks one', async () => {
+    const all = await cli('events', '--db', nodesDb)
+    expect(all.code).toBe(0)
+    expect(ids(all.stdout)).toEqual(['a  #0', 'a  #1', 'a  #2', 'a  #3', 'a  #4', 'b  #0', 'b  #1', 'b  #2'])
+    const b = await cli('events', '--db', nodesDb, '--node', 'b', '--from', '1')
+    expect(
+      b.stdout
+        .trim()
+        .split('\n')
+        .map((line) => /^#(\d+) /.exec(line)?.[1]),
+    ).toEqual(['1', '2'])
+    const json = await cli('events', '--db', nodesDb, '--json')
+    expect(
+      json.stdout
+        .trim()
+        .split('\n')
+        .map((line) => (JSON.parse(line) as EventRow).nodeId),
+    ).toEqual(['a', 'a', 'a', 'a', 'a', 'b', 'b', 'b'])
+    expect((await cli('events', '--db', nodesDb, '--node', 'no such')).code).toBe(2)
+    expect((await cli('events', '--db', nodesDb, '--limit', '10001')).code).toBe(2)
+  })
+
+  it('pages each node with a position of its own, and says how to go on', async () => {
+    const first = await cli('events', '--db', nodesDb, '--limit', '2')
+    expect(ids(first.stdout)).toEqual(['a  #0', 'a  #1', 'b  #0', 'b  #1'])
+    const hints = first.stdout.split('\n').filter((line) => line.startsWith('more: '))
+    expect(hints).toEqual([
+      `more: stovepipe events --node a --from 2 --limit 2 --db ${nodesDb}`,
+      `more: stovepipe events --node b --from 2 --limit 2 --db ${nodesDb}`,
+    ])
+    const rest = await cli(...(hints[1] ?? '').slice('more: stovepipe '.length).split(' '))
+    expect(
+      rest.stdout
+        .trim()
+        .split('\n')
+        .map((line) => /^#(\d+) /.exec(line)?.[1]),
+    ).toEqual(['2'])
+  })
+
+  it('--follow goes on with each node from its own position, and picks up a new node', async () => {
+    let stdout = ''
+    const abort = new AbortController()
+    const io = {
+      stdout: { write: (text: string) => (stdout += text) },
+      stderr: { write: () => true },
+      env: {},
+      cwd: dir.dir,
+      signal: abort.signal,
+    }
+    const following = main(['events', '--db', nodesDb, '--follow'], io)
+    const until = async (lines: number): Promise<void> => {
+      for (let i = 0; i < 100 && stdout.trim().split('\n').length < lines; i++) await new Promise((done) => setTimeout(done, 50))
+    }
+    await until(8)
+    const storage = await openSqliteStorage({ filename: nodesDb })
+    try {
+      // Node a's next event has id 5, below nothing b printed; node c is new.
+      await storage.events.append([row('a', 5), row('c', 0)])
+      await until(10)
+    } finally {
+      abort.abort()
+      await following
+      await storage.close()
+    }
+    expect(ids(stdout).slice(8)).toEqual(['a  #5', 'c  #0'])
   })
 })
 

@@ -54,6 +54,7 @@ describe('HTTP client', () => {
     expect(await client.request('request/main/2')).toEqual(await reader.request('request/main/2'))
     expect(await client.events({ from: 2, limit: 3 })).toEqual(await reader.events({ from: 2, limit: 3 }))
     expect(await client.events({ nodeId: 'local' })).toEqual(await reader.events({ nodeId: 'local' }))
+    expect(await client.nodes()).toEqual(['local'])
     for (const commit of [A, 'bbbbbbb', `fake://${A}`, '1'.repeat(40)]) {
       expect(await client.why('main', commit)).toEqual(await reader.why('main', commit))
     }
@@ -116,6 +117,55 @@ describe('HTTP client', () => {
       await bare.close()
     }
     await expect(followEvents({ url: server.url, from: -1 }, () => undefined)).rejects.toBeInstanceOf(InvalidInputError)
+  })
+
+  it('without from, resumes from where the stream started when it drops before its first event', async () => {
+    const first = await createHttpServer({ reader, sp: live.sp }).listen({ port: 0 })
+    const port = first.port
+    const start = (await live.sp.events.read({ limit: 10_000 })).length
+    const ids: number[] = []
+    const controller = new AbortController()
+    let resolvePositioned: () => void = () => undefined
+    const positioned = new Promise<void>((resolve) => {
+      resolvePositioned = resolve
+    })
+    // Tells when the first response's body has said where the stream starts.
+    const watching: typeof fetch = async (input, init) => {
+      const res = await fetch(input, init)
+      if (res.body === null) return res
+      const [mine, theirs] = res.body.tee()
+      void (async () => {
+        let text = ''
+        for await (const chunk of mine) {
+          text += new TextDecoder().decode(chunk as Uint8Array)
+          if (text.includes('event: position')) resolvePositioned()
+        }
+      })().catch(() => undefined)
+      return new Response(theirs, { status: res.status, headers: res.headers })
+    }
+    const following = followEvents(
+      { url: first.url, fetch: watching },
+      (entry) => {
+        ids.push(lastId(entry))
+      },
+      controller.signal,
+    )
+    await positioned
+    await first.close()
+    // Events happen while the follower is disconnected, before it ever received one.
+    await live.push(main, 'e'.repeat(40))
+    const total = (await live.sp.events.read({ limit: 10_000 })).length
+    expect(total).toBeGreaterThan(start)
+    const second = await createHttpServer({ reader, sp: live.sp }).listen({ port })
+    try {
+      const deadline = Date.now() + 10_000
+      while (ids.length < total - start && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
+      expect(ids).toEqual(Array.from({ length: total - start }, (_, i) => start + i))
+    } finally {
+      controller.abort()
+      await following
+      await second.close()
+    }
   })
 
   it('resumes after a dropped connection with no duplicate and no hole', async () => {

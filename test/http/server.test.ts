@@ -309,8 +309,13 @@ describe('HTTP API', () => {
   })
 
   it('sends keep-alive comments on an idle stream', async () => {
+    // Only the position it starts at (no entry: nothing happens).
     const got = await readSse(`${url}/events`, () => false, { timeoutMs: 400 }).catch((error: unknown) => error)
-    expect(String(got)).toMatch(/timed out with 0 messages/)
+    expect(String(got)).toMatch(/timed out with 1 messages/)
+    await live.sp.events.flush()
+    const total = (await live.sp.events.read({ limit: 10_000 })).length
+    const start = await readSse(`${url}/events`, (messages) => messages.length > 0)
+    expect(start.messages).toEqual([{ event: 'position', data: JSON.stringify({ from: total }), id: String(total - 1) }])
     const idle = await readSse(`${url}/events`, (_, comments) => comments.some((c) => c.includes('keep-alive')), { timeoutMs: 1000 })
     const comments = idle.comments.map((c) => `${c}\n`)
     expect(comments).toContain(': keep-alive\n')
@@ -424,6 +429,11 @@ describe('event stream edge cases', () => {
         },
       })
       expect(got.messages.map((m) => Number(m.id))).toEqual(Array.from({ length: got.messages.length }, (_, i) => i))
+      // Without from: it starts after the last stored row, and says so.
+      await live.sp.events.flush()
+      const total = (await live.sp.events.read({ limit: 10_000 })).length
+      const now = await readSse(`${server.url}/events`, (messages) => messages.length > 0)
+      expect(now.messages[0]).toEqual({ event: 'position', data: JSON.stringify({ from: total }), id: String(total - 1) })
       expect((await fetch(`${server.url}/metrics`)).status).toBe(200)
     } finally {
       await server.close()

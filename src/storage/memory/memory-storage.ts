@@ -296,6 +296,11 @@ class MemoryBackend implements StorageBackend {
     return Promise.resolve(out)
   }
 
+  eventNodes(): Promise<string[]> {
+    const nodes = [...this.tables.events].filter(([, rows]) => rows.length > 0).map(([node]) => node)
+    return Promise.resolve(nodes.sort(compareText))
+  }
+
   lastEvent(nodeId: string): Promise<EventRow | undefined> {
     const rows = this.tables.events.get(nodeId) ?? []
     const last = rows[rows.length - 1]

@@ -605,6 +605,14 @@ class MysqlBackend implements StorageBackend {
     })
   }
 
+  eventNodes(): Promise<string[]> {
+    return this.run(async () => {
+      // DISTINCT on the primary key's first column: a loose index scan, one probe per node.
+      const rows = await this.rows('SELECT DISTINCT node_id FROM events ORDER BY node_id', [])
+      return rows.map((raw) => String((raw as { node_id: unknown }).node_id))
+    })
+  }
+
   lastEvent(nodeId: string): Promise<EventRow | undefined> {
     return this.run(async () => {
       const [raw] = await this.rows(`SELECT ${EVENT_COLUMNS} FROM events WHERE node_id = ? ORDER BY seq DESC LIMIT 1`, [nodeId])

@@ -135,6 +135,13 @@ function prepareStatements(db: Db) {
       `SELECT ${EVENT_COLUMNS} FROM events WHERE seq >= ? AND last_id >= ? ORDER BY node_id, seq LIMIT ?`,
     ),
     lastEvent: db.prepare<[string], EventDbRow>(`SELECT ${EVENT_COLUMNS} FROM events WHERE node_id = ? ORDER BY seq DESC LIMIT 1`),
+    // One index probe per node (a loose index scan), not a scan of every row.
+    eventNodes: db.prepare<[], { node: string }>(
+      `WITH RECURSIVE nodes(node) AS (
+         SELECT MIN(node_id) FROM events
+         UNION ALL SELECT (SELECT MIN(node_id) FROM events WHERE node_id > nodes.node) FROM nodes WHERE nodes.node IS NOT NULL
+       ) SELECT node FROM nodes WHERE node IS NOT NULL`,
+    ),
     insertOutbox: db.prepare<Value[]>(
       `INSERT INTO outbox (queue, request_id, kind, hook, payload, created_at, attempts, next_attempt_at, delivered_at, last_error)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
@@ -338,6 +345,10 @@ class SqliteBackend implements StorageBackend {
           : this.sql.readNodeEvents.all(options.nodeId, options.fromSeq, options.fromId, options.limit)
       return rows.map(toEvent)
     })
+  }
+
+  eventNodes(): Promise<string[]> {
+    return this.run(() => this.sql.eventNodes.all().map((row) => row.node))
   }
 
   lastEvent(nodeId: string): Promise<EventRow | undefined> {
