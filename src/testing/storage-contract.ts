@@ -505,6 +505,14 @@ export function describeStorageContract(name: string, openFresh: () => Promise<S
       })
     })
 
+    describe('dead letter attempts', () => {
+      it('keeps attempts past 32 bits, like every other count', async () => {
+        const letter: DeadLetter = { id: 'writer-a:1', at: 1, op: null, error: { code: 'STORAGE_FAILED', message: 'x' }, attempts: 2 ** 40 }
+        await storage.deadLetters.put(letter)
+        expect((await storage.deadLetters.list()).items).toEqual([letter])
+      })
+    })
+
     describe('outbox', () => {
       it('puts and gets an entry as plain JSON; the first writer wins', async () => {
         const entry = sampleOutbox('main', 1, { payload: { nested: { list: [1, 2.5, null, true], note: 'é 🚀' } } })

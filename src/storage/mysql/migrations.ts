@@ -121,4 +121,10 @@ export const MYSQL_MIGRATIONS: readonly MysqlMigration[] = [
       ) ${TABLE}`,
     ],
   },
+  {
+    version: 4,
+    name: 'dead letter attempts as BIGINT',
+    // Attempts are counts like every other; INT refused more than 2^31 - 1. Re-running is harmless.
+    statements: ['ALTER TABLE dead_letters MODIFY attempts BIGINT NOT NULL'],
+  },
 ]
