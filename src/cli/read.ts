@@ -81,7 +81,7 @@ async function openSource(parsed: Parsed, io: CliIo): Promise<Source> {
     const token = stringOption(parsed, 'token') ?? io.env.STOVEPIPE_TOKEN
     return { reader: createHttpClient({ url, ...(token === undefined ? {} : { token }) }), close: () => Promise.resolve() }
   }
-  const storage = await openState({ db, mysql }, io.cwd, { mustExist: true })
+  const storage = await openState({ db, mysql }, io.cwd, { readOnly: true })
   return { reader: createStatusReader(storage), storage, close: () => storage.close() }
 }
 

@@ -19,19 +19,21 @@ export interface StateLocation {
 export const DEFAULT_DB = 'stovepipe.db'
 
 /**
- * Opens storage. With `mustExist`, a missing SQLite file is a NotFoundError instead of a new
- * empty database (read commands never create state).
+ * Opens storage. With `readOnly` (the read commands), nothing is created, migrated or
+ * written: a missing SQLite file, or a file or MySQL database without Stovepipe's tables, is
+ * a NotFoundError, and a schema from a newer Stovepipe an InvalidInputError.
  */
-export async function openState(where: StateLocation, cwd: string, options: { mustExist?: boolean } = {}): Promise<Storage> {
+export async function openState(where: StateLocation, cwd: string, options: { readOnly?: boolean } = {}): Promise<Storage> {
   if (where.db !== undefined && where.mysql !== undefined) throw new InvalidInputError('give either --db or --mysql, not both')
+  const readOnly = options.readOnly === true
   if (where.mysql !== undefined) {
     const { openMysqlStorage } = await import('../storage/mysql/index.js')
-    return openMysqlStorage({ uri: where.mysql })
+    return openMysqlStorage({ uri: where.mysql, readOnly })
   }
   const filename = resolve(cwd, where.db ?? DEFAULT_DB)
-  if (options.mustExist === true && !existsSync(filename)) {
+  if (readOnly && !existsSync(filename)) {
     throw new NotFoundError(`no Stovepipe database at ${filename} (start \`stovepipe run\` there, or pass --db, --mysql or --url)`)
   }
   const { openSqliteStorage } = await import('../storage/sqlite/index.js')
-  return openSqliteStorage({ filename })
+  return openSqliteStorage({ filename, readOnly })
 }

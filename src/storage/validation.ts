@@ -569,3 +569,30 @@ export function prepareOutboxListOptions(options: ListOutboxOptions | undefined)
   if (queue !== undefined) assertQueueName(queue)
   return { queue, ...preparePage(options) }
 }
+
+/**
+ * Refuses a schema newer than this code knows: a newer Stovepipe may have changed what its
+ * tables mean, so neither reading nor writing it is safe.
+ */
+export function assertKnownSchema(stored: number, migrations: readonly { version: number }[], where: string): void {
+  const known = Math.max(0, ...migrations.map((m) => m.version))
+  if (stored > known) {
+    throw new InvalidInputError(
+      `${where} was written by a newer Stovepipe (schema version ${stored}; this one knows up to ${known}): upgrade Stovepipe to use it`,
+    )
+  }
+}
+
+/**
+ * For a read-only open: the schema must be the one this code reads. An older one needs its
+ * migrations, which only a writer applies.
+ */
+export function assertCurrentSchema(stored: number, migrations: readonly { version: number }[], where: string): void {
+  assertKnownSchema(stored, migrations, where)
+  const known = Math.max(0, ...migrations.map((m) => m.version))
+  if (stored < known) {
+    throw new InvalidInputError(
+      `${where} has schema version ${stored}, older than this Stovepipe's ${known}; a read does not migrate it: start \`stovepipe run\` on it (or open it with this version) first`,
+    )
+  }
+}

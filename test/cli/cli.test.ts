@@ -2,7 +2,10 @@
  * The `stovepipe` command in-process: exit codes, text and `--json` output of the read
  * commands on a database written by a runtime, and clear errors for bad flags.
  */
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import Database from 'better-sqlite3'
+import { createConnection } from 'mysql2/promise'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseDuration, parseListen } from '../../src/cli/args.js'
 import { main } from '../../src/cli/main.js'
@@ -230,6 +233,75 @@ describe('stovepipe events with several nodes', () => {
   })
 })
 
+describe('read commands never write', () => {
+  const copy = (name: string): string => {
+    const path = join(dir.dir, name)
+    copyFileSync(db, path)
+    return path
+  }
+
+  it('read a database without changing a byte of it, and without its write lock', async () => {
+    const path = copy('gate.db')
+    const before = readFileSync(path)
+    // Another process holds a write transaction: a reader still reads, at once.
+    const writer = new Database(path)
+    writer.exec('BEGIN IMMEDIATE')
+    try {
+      const started = Date.now()
+      expect(await cli('last-green', 'main', '--db', path, '--sha')).toEqual({ code: 0, stdout: 'ccccccc3\n', stderr: '' })
+      expect(Date.now() - started).toBeLessThan(2_000)
+    } finally {
+      writer.exec('ROLLBACK')
+      writer.close()
+    }
+    for (const argv of [['status'], ['history', 'main'], ['events'], ['why', 'main', 'bad0002']]) await cli(...argv, '--db', path)
+    expect(readFileSync(path).equals(before)).toBe(true)
+  })
+
+  it('refuse a file that is not a Stovepipe database (exit 3) or not a database (exit 2), and add nothing to it', async () => {
+    const empty = join(dir.dir, 'empty.db')
+    writeFileSync(empty, '')
+    const foreign = join(dir.dir, 'app.db')
+    const app = new Database(foreign)
+    app.exec('CREATE TABLE users (id INTEGER PRIMARY KEY)')
+    app.close()
+    const foreignBefore = readFileSync(foreign)
+    const text = join(dir.dir, 'notes.txt')
+    writeFileSync(text, 'not a database, but long enough to have a header that is not SQLite\n'.repeat(10))
+    const onEmpty = await cli('status', '--db', empty)
+    expect(onEmpty).toMatchObject({ code: 3, stderr: expect.stringContaining('no Stovepipe database at') as string })
+    expect(readFileSync(empty).length).toBe(0)
+    expect((await cli('status', '--db', foreign)).code).toBe(3)
+    expect(readFileSync(foreign).equals(foreignBefore)).toBe(true)
+    const onText = await cli('status', '--db', text)
+    expect(onText.code).toBe(2)
+    expect(onText.stderr).toMatch(/is not a SQLite database/)
+    expect(onText.stderr).not.toContain('    at ')
+  })
+
+  it('refuse a database a newer or an older Stovepipe wrote (exit 2), and migrate neither', async () => {
+    const newer = copy('newer.db')
+    const raw = new Database(newer)
+    raw.prepare('INSERT INTO stovepipe_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(99, 'from the future', 1)
+    raw.close()
+    const refused = await cli('status', '--db', newer)
+    expect(refused.code).toBe(2)
+    expect(refused.stderr).toContain('was written by a newer Stovepipe (schema version 99; this one knows up to 3)')
+    // `run` (a writer) refuses it too, before anything is written.
+    await expect(openSqliteStorage({ filename: newer })).rejects.toThrow(/newer Stovepipe/)
+    const older = copy('older.db')
+    const old = new Database(older)
+    old.exec('DELETE FROM stovepipe_migrations WHERE version > 1; DROP TABLE outbox; DROP TABLE dead_letters')
+    old.close()
+    const stale = await cli('last-green', 'main', '--db', older, '--sha')
+    expect(stale.code).toBe(2)
+    expect(stale.stderr).toContain("has schema version 1, older than this Stovepipe's 3; a read does not migrate it")
+    const check = new Database(older, { readonly: true })
+    expect(check.prepare('SELECT MAX(version) AS v FROM stovepipe_migrations').get()).toEqual({ v: 1 })
+    check.close()
+  })
+})
+
 describe('stovepipe arguments', () => {
   it('rejects bad flags and values with exit 2 and nothing written', async () => {
     expect((await cli('run', '--repo', dir.dir)).stderr).toContain('--build "<command>" is required')
@@ -302,6 +374,22 @@ describeMysql('stovepipe read commands on MySQL', () => {
       expect(history.items.map((r) => r.verdict)).toEqual(['red', 'green'])
       expect((await cli('why', 'main', 'bad0002', '--mysql', database.url)).code).toBe(1)
     } finally {
+      await database.drop()
+    }
+  }, 60_000)
+
+  it('a read of a MySQL database without Stovepipe tables exits 3 and creates none', async () => {
+    const database = await createMysqlDatabase()
+    const connection = await createConnection(database.url)
+    try {
+      await connection.query('CREATE TABLE app_users (id INT PRIMARY KEY)')
+      const result = await cli('status', '--mysql', database.url)
+      expect(result.code).toBe(3)
+      expect(result.stderr).toContain('no Stovepipe database in MySQL database')
+      const [tables] = await connection.query('SHOW TABLES')
+      expect((tables as Record<string, string>[]).map((row) => Object.values(row)[0])).toEqual(['app_users'])
+    } finally {
+      await connection.end()
       await database.drop()
     }
   }, 60_000)

@@ -84,6 +84,21 @@ describe('sqlite storage', () => {
     expect((error as Error).message).toContain('/nonexistent/dir/db.sqlite')
   })
 
+  it('opens read-only: reads, refuses every write (StorageUnavailableError), changes nothing; needs an existing file', async () => {
+    const { storage, filename } = await openFile()
+    await storage.commit([{ op: 'request.create', record: sampleRequest('main', 1) }])
+    await storage.close()
+    const reader = await openSqliteStorage({ filename, readOnly: true })
+    cleanups.push(() => reader.close())
+    expect((await reader.requests.get('request/main/1')).id).toBe('request/main/1')
+    await expect(reader.requests.create(sampleRequest('main', 2))).rejects.toBeInstanceOf(StorageUnavailableError)
+    const raw = new Database(filename, { readonly: true })
+    expect(raw.prepare('SELECT id FROM requests').all()).toEqual([{ id: 'request/main/1' }])
+    raw.close()
+    await expect(openSqliteStorage({ filename: `${filename}.missing`, readOnly: true })).rejects.toBeInstanceOf(StorageUnavailableError)
+    await expect(openSqliteStorage({ filename: ':memory:', readOnly: true })).rejects.toBeInstanceOf(InvalidInputError)
+  })
+
   it('rejects bad options with InvalidInputError', async () => {
     await expect(openSqliteStorage({ filename: '' })).rejects.toBeInstanceOf(InvalidInputError)
     await expect(openSqliteStorage({ filename: ':memory:', synchronous: 'OFF' as 'FULL' })).rejects.toBeInstanceOf(InvalidInputError)

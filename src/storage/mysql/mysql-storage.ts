@@ -15,6 +15,7 @@ import { applyOp, outboxKeyText, type TableView } from '../apply.js'
 import {
   AlreadyExistsError,
   InvalidInputError,
+  NotFoundError,
   StorageClosedError,
   StorageFailedError,
   StorageUnavailableError,
@@ -56,6 +57,8 @@ import type {
   WriteResult,
 } from '../types.js'
 import {
+  assertCurrentSchema,
+  assertKnownSchema,
   parseRequestId,
   type PreparedDeadLetter,
   type PreparedEvent,
@@ -72,6 +75,11 @@ import { MYSQL_MIGRATIONS, type MysqlMigration } from './migrations.js'
 export type MysqlStorageOptions = ({ uri: string } | PoolOptions) & {
   /** Apply pending migrations while opening (default true). */
   migrate?: boolean
+  /**
+   * Open for reading only (default false): nothing is created or migrated, sessions are
+   * `READ ONLY`, and a database without Stovepipe's tables (or with a newer schema) is refused.
+   */
+  readOnly?: boolean
   /**
    * Retries of a commit that lost a race or a deadlock before giving up (default 5), after
    * the first, optimistic try.
@@ -694,6 +702,7 @@ export async function applyMysqlMigrations(pool: Pool, migrations: readonly Mysq
         version INT NOT NULL PRIMARY KEY, name VARCHAR(200) NOT NULL, applied_at BIGINT NOT NULL) ENGINE=InnoDB`)
       const [rows] = await connection.query<RowDataPacket[]>('SELECT version FROM stovepipe_migrations')
       const done = new Set(rows.map((row) => Number(row.version)))
+      assertKnownSchema(Math.max(0, ...done), migrations, `MySQL database ${database}`)
       const applied: number[] = []
       for (const migration of migrations) {
         if (done.has(migration.version)) continue
@@ -712,6 +721,19 @@ export async function applyMysqlMigrations(pool: Pool, migrations: readonly Mysq
   } finally {
     connection.release()
   }
+}
+
+/** For a read-only open: the database must hold a Stovepipe schema this code can read. */
+async function checkMysqlSchema(pool: Pool, where: string): Promise<void> {
+  const [[current]] = await pool.query<RowDataPacket[]>(
+    "SELECT DATABASE() AS db, (SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = 'stovepipe_migrations') AS found",
+  )
+  const database = current?.db == null ? '' : text(current.db)
+  if (database === '') throw new InvalidInputError('the MySQL connection names no database; add one to the URI (mysql://host/db)')
+  if (Number(current?.found) === 0)
+    throw new NotFoundError(`no Stovepipe database in MySQL database ${database} on ${where} (it holds no Stovepipe tables)`)
+  const [[row]] = await pool.query<RowDataPacket[]>('SELECT MAX(version) AS version FROM stovepipe_migrations')
+  assertCurrentSchema(row?.version == null ? 0 : Number(row.version), MYSQL_MIGRATIONS, `MySQL database ${database} on ${where}`)
 }
 
 /** `host:port` (or the socket path) a pool connects to, for error messages. */
@@ -743,7 +765,7 @@ const SESSION_SQL_MODE =
  * its host and port.
  */
 export async function openMysqlStorage(options: MysqlStorageOptions): Promise<Storage> {
-  const { migrate = true, maxCommitAttempts = 5, ...poolOptions } = options
+  const { migrate = true, readOnly = false, maxCommitAttempts = 5, ...poolOptions } = options
   if (!Number.isSafeInteger(maxCommitAttempts) || maxCommitAttempts < 1) {
     throw new InvalidInputError(`maxCommitAttempts must be a positive integer, got ${String(maxCommitAttempts)}`)
   }
@@ -766,10 +788,12 @@ export async function openMysqlStorage(options: MysqlStorageOptions): Promise<St
   // would read them as text (corrupt data, and a quote in user data would end a literal).
   pool.pool.on('connection', (connection) => {
     connection.query(SESSION_SQL_MODE, () => undefined)
+    if (readOnly) connection.query('SET SESSION TRANSACTION READ ONLY', () => undefined)
   })
   const backend = new MysqlBackend(pool, where, maxCommitAttempts)
   try {
-    if (migrate) await applyMysqlMigrations(pool, MYSQL_MIGRATIONS)
+    if (readOnly) await checkMysqlSchema(pool, where)
+    else if (migrate) await applyMysqlMigrations(pool, MYSQL_MIGRATIONS)
     else await pool.query('SELECT 1')
   } catch (error) {
     await pool.end().catch(() => undefined)

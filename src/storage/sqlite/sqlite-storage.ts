@@ -9,6 +9,7 @@ import { createStorageFacade, type StorageBackend } from '../facade.js'
 import {
   AlreadyExistsError,
   InvalidInputError,
+  NotFoundError,
   StorageClosedError,
   StorageFailedError,
   StorageUnavailableError,
@@ -36,7 +37,13 @@ import {
   type RequestRow,
 } from '../rows.js'
 import type { DeadLetter, EventRow, Fact, OutboxEntry, OutboxKey, QueueRecord, RequestRecord, Storage, WriteResult } from '../types.js'
-import type { PreparedListOptions, PreparedOp, PreparedReadOptions } from '../validation.js'
+import {
+  assertCurrentSchema,
+  assertKnownSchema,
+  type PreparedListOptions,
+  type PreparedOp,
+  type PreparedReadOptions,
+} from '../validation.js'
 import { SQLITE_MIGRATIONS, type Migration } from './migrations.js'
 
 /** Options of {@link openSqliteStorage}. */
@@ -52,6 +59,12 @@ export interface SqliteStorageOptions {
   busyTimeoutMs?: number
   /** Apply pending migrations while opening (default true). */
   migrate?: boolean
+  /**
+   * Open an existing Stovepipe database for reading only (default false): nothing is created,
+   * migrated or written, no write lock is taken, and a file that is not a Stovepipe database
+   * (or one a newer Stovepipe wrote) is refused.
+   */
+  readOnly?: boolean
 }
 
 type Db = Database.Database
@@ -73,6 +86,12 @@ export function translateSqliteError(error: unknown, where: string): StovepipeEr
   }
   if (code.startsWith('SQLITE_IOERR') || code === 'SQLITE_FULL' || code.startsWith('SQLITE_CANTOPEN') || code === 'SQLITE_PROTOCOL') {
     return new StorageUnavailableError(`SQLite database ${where} is unavailable: ${message}`, { cause: error })
+  }
+  if (code === 'SQLITE_NOTADB') return new InvalidInputError(`${where} is not a SQLite database: ${message}`, { cause: error })
+  if (code.startsWith('SQLITE_READONLY') || code === 'SQLITE_PERM') {
+    return new StorageUnavailableError(`SQLite database ${where} cannot be written (permissions, or a read-only file system): ${message}`, {
+      cause: error,
+    })
   }
   if (code === 'SQLITE_CONSTRAINT_PRIMARYKEY' || code === 'SQLITE_CONSTRAINT_UNIQUE') {
     return new AlreadyExistsError(`SQLite database ${where} refused a duplicate: ${message}`, { cause: error })
@@ -407,6 +426,7 @@ export function applySqliteMigrations(db: Db, migrations: readonly Migration[]):
         .all()
         .map((r) => r.version),
     )
+    assertKnownSchema(Math.max(0, ...done), migrations, db.name)
     const record = db.prepare<[number, string, number]>('INSERT INTO stovepipe_migrations (version, name, applied_at) VALUES (?, ?, ?)')
     const applied: number[] = []
     for (const migration of migrations) {
@@ -423,6 +443,14 @@ export function applySqliteMigrations(db: Db, migrations: readonly Migration[]):
   }
 }
 
+/** For a read-only open: the file must hold a Stovepipe schema this code can read. */
+function checkSqliteSchema(db: Db, filename: string): void {
+  const table = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stovepipe_migrations'").get()
+  if (table === undefined) throw new NotFoundError(`no Stovepipe database at ${filename} (the file holds no Stovepipe tables)`)
+  const row = db.prepare<[], { version: number | null }>('SELECT MAX(version) AS version FROM stovepipe_migrations').get()
+  assertCurrentSchema(row?.version ?? 0, SQLITE_MIGRATIONS, filename)
+}
+
 /** The longest busy timeout taken (SQLite's is an int of milliseconds). */
 const MAX_BUSY_TIMEOUT_MS = 2 ** 31 - 1
 
@@ -431,7 +459,7 @@ const MAX_BUSY_TIMEOUT_MS = 2 ** 31 - 1
  * default, FULL on request; pending migrations applied unless `migrate: false`.
  */
 export async function openSqliteStorage(options: SqliteStorageOptions): Promise<Storage> {
-  const { filename, synchronous = 'NORMAL', busyTimeoutMs = 5000, migrate = true } = options
+  const { filename, synchronous = 'NORMAL', busyTimeoutMs = 5000, migrate = true, readOnly = false } = options
   if (typeof filename !== 'string' || filename.length === 0) {
     throw new InvalidInputError('filename must be a non-empty path or :memory:')
   }
@@ -443,6 +471,12 @@ export async function openSqliteStorage(options: SqliteStorageOptions): Promise<
   }
   let db: Db | undefined
   try {
+    if (readOnly) {
+      if (filename === ':memory:') throw new InvalidInputError('a read-only storage needs a database file, not :memory:')
+      db = new Database(filename, { timeout: busyTimeoutMs, readonly: true, fileMustExist: true })
+      checkSqliteSchema(db, filename)
+      return createStorageFacade(new SqliteBackend(db, filename))
+    }
     db = new Database(filename, { timeout: busyTimeoutMs })
     const opened = db
     // Switching a new file to WAL needs a moment of exclusive access and does not wait on
