@@ -32,6 +32,13 @@ export function processIo(): CliIo {
   }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
+  // A reader that went away (`stovepipe events | head`): leave quietly, as a SIGPIPE would.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (error: NodeJS.ErrnoException) => {
+      if (error.code === 'EPIPE') process.exit(141)
+      throw error
+    })
+  }
   return { stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd(), signal: controller.signal }
 }
 
@@ -59,10 +66,13 @@ export function formatTime(at: number | null | undefined): string {
 
 /** Renders rows as aligned columns. */
 export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
+  // Widths as seen: colour codes take no room on the screen.
+  // eslint-disable-next-line no-control-regex -- matching the escape character is the point
+  const seen = (cell: string): number => cell.replace(/\u001b\[\d+m/g, '').length
+  const widths = header.map((h, i) => Math.max(seen(h), ...rows.map((r) => seen(r[i] ?? ''))))
   const line = (cells: readonly string[]): string =>
     cells
-      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
+      .map((c, i) => (i === cells.length - 1 ? c : c + ' '.repeat(Math.max(0, (widths[i] ?? 0) - seen(c)))))
       .join('  ')
       .trimEnd()
   return [line(header), ...rows.map(line)].join('\n') + '\n'

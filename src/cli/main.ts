@@ -4,7 +4,7 @@
  *
  * Exit codes: 0 success; 1 a negative answer (`last-green` with no green commit, `why` for a
  * commit that is not green); 2 bad usage or input; 3 not found; 4 unavailable (storage, server,
- * git); 70 an unexpected internal error.
+ * git); 5 `run` stopped by itself; 70 an unexpected internal error; 141 stdout's reader went away.
  *
  * @module
  */
@@ -63,8 +63,11 @@ export function topHelp(): string {
   ].join('\n')
 }
 
-/** Exit code of an error. */
-export function exitCodeOf(error: unknown): number {
+/**
+ * Exit code of an error of `command`: 5 (the runtime stopped by itself) only for `run`; for
+ * the read commands a stopped server is unavailable (4), as is any storage error.
+ */
+export function exitCodeOf(error: unknown, command?: string): number {
   if (!(error instanceof StovepipeError)) return 70
   switch (error.code) {
     case 'INVALID_INPUT':
@@ -72,9 +75,9 @@ export function exitCodeOf(error: unknown): number {
     case 'NOT_FOUND':
       return 3
     case 'STOPPED':
-      return 5
+      return command === 'run' ? 5 : 4
     default:
-      return error.retryable || error.code === 'STORAGE_UNAVAILABLE' ? 4 : 70
+      return error.retryable || error.code.startsWith('STORAGE_') ? 4 : 70
   }
 }
 
@@ -102,7 +105,7 @@ export async function main(argv: readonly string[], io: CliIo): Promise<number> 
     }
     return await command.run(parsed, io)
   } catch (error) {
-    const code = exitCodeOf(error)
+    const code = exitCodeOf(error, name)
     const message = error instanceof Error ? error.message : String(error)
     // The cause's message, unless the message already says its first sentence.
     const said = error instanceof Error && error.cause instanceof Error ? error.cause.message : ''

@@ -12,7 +12,7 @@ import { InvalidInputError } from '../storage/errors.js'
 import { assertNodeId } from '../storage/validation.js'
 import type { Storage } from '../storage/types.js'
 import { READ_OPTIONS, parsePositiveInt, stringOption, type CommandSpec, type Parsed } from './args.js'
-import { formatTime, painter, table, type CliIo } from './io.js'
+import { cliLogger, formatTime, painter, table, type CliIo } from './io.js'
 import { openState } from './storage.js'
 
 const spec = (name: string, summary: string, positionals: string[], extra: CommandSpec['options'] = {}, details?: string): CommandSpec => ({
@@ -104,6 +104,7 @@ function sourceArgs(parsed: Parsed): string {
 }
 
 async function withSource(parsed: Parsed, io: CliIo, work: (source: Source) => Promise<number>): Promise<number> {
+  cliLogger(io, stringOption(parsed, 'log-level')) // the read commands log nothing, but a bad level is still bad input
   const source = await openSource(parsed, io)
   try {
     return await work(source)
@@ -150,8 +151,11 @@ export function lastGreenCommand(parsed: Parsed, io: CliIo): Promise<number> {
     const green = await reader.lastGreen(queue)
     if (parsed.values.json === true) json(io, green)
     else if (green === null) io.stderr.write(`queue ${queue} has no green commit yet\n`)
-    else if (parsed.values.sha === true) io.stdout.write(`${green.sha}\n`)
-    else io.stdout.write(`${green.sha} ${green.uri}\n`)
+    else if (parsed.values.sha === true) {
+      // Never print "null" where a deploy script expects a sha.
+      if (green.sha === null) throw new InvalidInputError(`the last green commit of ${queue} has no sha (${green.uri}); ask without --sha`)
+      io.stdout.write(`${green.sha}\n`)
+    } else io.stdout.write(green.sha === null ? `${green.uri}\n` : `${green.sha} ${green.uri}\n`)
     return green === null ? 1 : 0
   })
 }
@@ -190,8 +194,9 @@ export function historyCommand(parsed: Parsed, io: CliIo): Promise<number> {
 
 /** Runs `stovepipe events [--node id] [--follow] [--from id]`. */
 export function eventsCommand(parsed: Parsed, io: CliIo): Promise<number> {
-  const from = Number(stringOption(parsed, 'from') ?? '0')
-  if (!Number.isSafeInteger(from) || from < 0) throw new InvalidInputError(`--from must be a non-negative integer`)
+  const fromText = stringOption(parsed, 'from') ?? '0'
+  const from = /^\d{1,16}$/.test(fromText) ? Number(fromText) : Number.NaN
+  if (!Number.isSafeInteger(from)) throw new InvalidInputError(`--from must be a non-negative integer, got ${JSON.stringify(fromText)}`)
   const limit = parsePositiveInt(stringOption(parsed, 'limit') ?? '1000', '--limit')
   if (limit > 10_000) throw new InvalidInputError(`--limit must be at most 10000, got ${limit}`)
   const node = stringOption(parsed, 'node')
@@ -205,8 +210,17 @@ export function eventsCommand(parsed: Parsed, io: CliIo): Promise<number> {
   }
   const url = stringOption(parsed, 'url')
   if (follow && url !== undefined && node === undefined) {
+    if (stringOption(parsed, 'db') !== undefined || stringOption(parsed, 'mysql') !== undefined) {
+      throw new InvalidInputError('give either --url or --db/--mysql, not both')
+    }
+    cliLogger(io, stringOption(parsed, 'log-level'))
     const token = stringOption(parsed, 'token') ?? io.env.STOVEPIPE_TOKEN
-    return followEvents({ url, from, ...(token === undefined ? {} : { token }) }, print, io.signal).then(() => 0)
+    const onReconnect = (error: unknown, delayMs: number): void => {
+      io.stderr.write(
+        `stovepipe events: lost ${url} (${error instanceof Error ? error.message : String(error)}); reconnecting in ${delayMs} ms\n`,
+      )
+    }
+    return followEvents({ url, from, onReconnect, ...(token === undefined ? {} : { token }) }, print, io.signal).then(() => 0)
   }
   return withSource(parsed, io, async ({ reader }) => {
     // Ids are contiguous per node, so each node is read with a position of its own.

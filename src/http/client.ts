@@ -45,8 +45,13 @@ export interface FollowEventsOptions {
   /** First logical id (inclusive); only new events when omitted. */
   from?: number
   token?: string
-  /** Reconnect after a dropped connection, resuming after the last id received (default true). */
+  /**
+   * Reconnect after a dropped connection, resuming after the last id received (default
+   * true). The first connection must succeed: a server that cannot be reached then rejects.
+   */
   reconnect?: boolean
+  /** Called before each reconnection attempt, with why the connection was lost and the wait. */
+  onReconnect?: (error: unknown, delayMs: number) => void
   fetch?: typeof fetch
 }
 
@@ -121,7 +126,14 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
     }
     return res
   }
-  const getJson = async <T>(path: string): Promise<T> => (await (await call('GET', path)).json()) as T
+  const getJson = async <T>(path: string): Promise<T> => {
+    const res = await call('GET', path)
+    try {
+      return (await res.json()) as T
+    } catch (error) {
+      throw new UnavailableError(`${url}${path} did not answer JSON: is the URL a Stovepipe server?`, { cause: error })
+    }
+  }
 
   const client: HttpClient = {
     url,
@@ -214,6 +226,12 @@ export async function followEvents(options: FollowEventsOptions, onEntry: EventL
   const aborted = (): boolean => signal?.aborted === true
   let next = options.from
   let failures = 0
+  let connected = false
+  const retry = async (error: unknown): Promise<void> => {
+    const delayMs = Math.min(10_000, 250 * 2 ** failures++)
+    options.onReconnect?.(error, delayMs)
+    await sleep(delayMs, signal)
+  }
   while (!aborted()) {
     let res: Response
     try {
@@ -223,14 +241,20 @@ export async function followEvents(options: FollowEventsOptions, onEntry: EventL
       })
     } catch (error) {
       if (aborted()) return
-      if (!reconnect) throw unreachable(url, error)
-      await sleep(Math.min(10_000, 250 * 2 ** failures++), signal)
+      if (!reconnect || !connected) throw unreachable(url, error)
+      await retry(error)
       continue
     }
     if (!res.ok) {
       const body: unknown = await res.json().catch((): unknown => null)
       throw fromResponse(res.status, body)
     }
+    if (!(res.headers.get('content-type') ?? '').startsWith('text/event-stream')) {
+      await res.body?.cancel().catch(() => undefined)
+      throw new UnavailableError(`${url}/events is not an event stream: is the URL a Stovepipe server?`)
+    }
+    connected = true
+    let lost: unknown = new UnavailableError('the server ended the event stream')
     const parser = new SseParser()
     const decoder = new TextDecoder()
     try {
@@ -258,9 +282,10 @@ export async function followEvents(options: FollowEventsOptions, onEntry: EventL
       if (aborted()) return
       if (error instanceof SyntaxError) throw new UnavailableError(`the event stream sent data that is not JSON: ${error.message}`)
       if (!reconnect) throw unreachable(url, error)
+      lost = error
     }
     if (aborted()) return
     if (!reconnect) return
-    await sleep(Math.min(10_000, 250 * 2 ** failures++), signal)
+    await retry(lost)
   }
 }

@@ -77,8 +77,12 @@ export function toResponse(error: unknown): {
 /** Turns an error body back into the typed error the server had (or an {@link HttpError}). */
 export function fromResponse(status: number, body: unknown): Error {
   const error = (body as Partial<ErrorBody> | null)?.error
-  const code = typeof error?.code === 'string' ? error.code : 'HTTP_' + String(status)
-  const message = typeof error?.message === 'string' ? error.message : `HTTP ${status}`
+  // Every error a Stovepipe server sends has a body with a code: without one, something else answered.
+  if (typeof error?.code !== 'string') {
+    return new UnavailableError(`HTTP ${status} without a Stovepipe error body: is the URL a Stovepipe server (or is a proxy answering)?`)
+  }
+  const code = error.code
+  const message = typeof error.message === 'string' ? error.message : `HTTP ${status}`
   switch (code) {
     case 'INVALID_INPUT':
       return new InvalidInputError(message)

@@ -8,7 +8,9 @@ import Database from 'better-sqlite3'
 import { createConnection } from 'mysql2/promise'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseDuration, parseListen } from '../../src/cli/args.js'
-import { main } from '../../src/cli/main.js'
+import { painter, table } from '../../src/cli/io.js'
+import { exitCodeOf, main } from '../../src/cli/main.js'
+import { StorageClosedError, StorageFailedError, StoppedError, UnavailableError } from '../../src/storage/errors.js'
 import { createFakeBuilder } from '../../src/build/fake.js'
 import { createStovepipe } from '../../src/index.js'
 import { createFakeSourceControl } from '../../src/sourcecontrol/fake.js'
@@ -16,6 +18,7 @@ import { openMysqlStorage } from '../../src/storage/mysql/index.js'
 import { openSqliteStorage } from '../../src/storage/sqlite/index.js'
 import type { EventRow } from '../../src/storage/types.js'
 import { createMysqlDatabase, describeMysql } from '../support/mysql.js'
+import { sampleQueue } from '../../src/testing/index.js'
 import { tempDir } from '../support/sqlite.js'
 
 const dir = tempDir('stovepipe-cli-')
@@ -75,6 +78,18 @@ describe('stovepipe read commands', () => {
     const result = await cli('last-green', 'nope', '--db', db)
     expect(result.code).toBe(3)
     expect(result.stderr).toMatch(/stovepipe last-green: .*nope/)
+  })
+
+  it('last-green of a commit whose URI has no sha: the URI alone; --sha refuses rather than print null', async () => {
+    const path = join(dir.dir, 'svn.db')
+    const storage = await openSqliteStorage({ filename: path })
+    const lastGreen = { uri: 'svn://host/repo/trunk@123', requestId: 'request/svn/1', at: 5 }
+    await storage.commit([{ op: 'queue.create', record: sampleQueue('svn', { config: { ref: 'trunk' }, lastGreen }) }])
+    await storage.close()
+    expect(await cli('last-green', 'svn', '--db', path)).toEqual({ code: 0, stdout: 'svn://host/repo/trunk@123\n', stderr: '' })
+    const sha = await cli('last-green', 'svn', '--db', path, '--sha')
+    expect(sha).toMatchObject({ code: 2, stdout: '' })
+    expect(sha.stderr).toContain('has no sha (svn://host/repo/trunk@123); ask without --sha')
   })
 
   it('history lists recorded requests newest first, as text and JSON', async () => {
@@ -329,6 +344,36 @@ describe('stovepipe arguments', () => {
     ] as const) {
       expect(await cli(...argv)).toEqual({ code: 2, stdout: '', stderr: text })
     }
+  })
+
+  it('is strict about --from, --log-level and mixing --url with --db', async () => {
+    for (const from of ['', '1e1', '0x10', ' 3 ', '-0', '1.5']) expect((await cli('events', '--db', db, `--from=${from}`)).code).toBe(2)
+    expect((await cli('events', '--db', db, '--from', '007', '--limit', '1')).stdout).toMatch(/^#7 /)
+    const level = await cli('status', '--db', db, '--log-level', 'bogus')
+    expect(level).toMatchObject({ code: 2, stderr: expect.stringContaining('--log-level must be one of') as string })
+    expect((await cli('events', '--follow', '--url', 'http://127.0.0.1:1', '--db', db)).code).toBe(2)
+  })
+
+  it('maps errors to exit codes: a stopped runtime is 5 only for run; storage and unavailable are 4', () => {
+    expect(exitCodeOf(new StoppedError('stopped'), 'run')).toBe(5)
+    expect(exitCodeOf(new StoppedError('stopped'), 'status')).toBe(4)
+    expect(exitCodeOf(new StorageFailedError('disk'), 'status')).toBe(4)
+    expect(exitCodeOf(new StorageClosedError('closed'), 'last-green')).toBe(4)
+    expect(exitCodeOf(new UnavailableError('down'), 'why')).toBe(4)
+    expect(exitCodeOf(new Error('bug'), 'status')).toBe(70)
+  })
+
+  it('lines a coloured table up by what shows on the screen', () => {
+    const paint = painter({ isTTY: true }, {})
+    const lines = table(
+      ['A', 'B'],
+      [
+        [paint.green('green'), 'x'],
+        ['red', 'y'],
+      ],
+    ).split('\n')
+    const strip = (line: string): string => line.replaceAll('\u001b[32m', '').replaceAll('\u001b[0m', '')
+    expect(lines.slice(0, 3).map(strip)).toEqual(['A      B', 'green  x', 'red    y'])
   })
 
   it('parses durations and listen addresses', () => {

@@ -222,6 +222,18 @@ describe('stovepipe (end to end)', () => {
     expect(await cli.exited).toBe(0)
   }, 120_000)
 
+  it('leaves quietly (141, as SIGPIPE would) when whoever reads its output goes away', async () => {
+    const dir = tempDir('stovepipe-pipe-')
+    cleanups.push(() => {
+      dir.remove()
+    })
+    const cli = start(['--help'], dir.dir)
+    cli.child.stdout?.destroy()
+    expect(await cli.exited).toBe(141)
+    expect(cli.stderr()).not.toContain('EPIPE')
+    expect(cli.stderr()).toBe('')
+  }, 30_000)
+
   it('run on a ref that does not exist says so in one line per problem, without a log stack, and keeps polling', async () => {
     const { repo, dir, db } = await setup()
     await repo.commit('one', { 'check.sh': CHECK, status: 'ok\n' })

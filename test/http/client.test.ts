@@ -3,6 +3,8 @@
  * error responses back into typed errors, ingests with the token, and follows `/events`
  * across a dropped connection with no duplicate and no hole.
  */
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { LogEntry } from '../../src/actors/event-log.js'
 import { createHttpClient, createHttpServer, followEvents, HttpError, type ListeningServer } from '../../src/http/index.js'
@@ -166,6 +168,26 @@ describe('HTTP client', () => {
       await following
       await second.close()
     }
+  })
+
+  it('tells a URL that is not a Stovepipe server (UnavailableError), and one that cannot be reached for follow', async () => {
+    const other = createServer((req, res) => {
+      if (req.url === '/queues') res.writeHead(200, { 'Content-Type': 'text/html' }).end('<html>hello</html>')
+      else res.writeHead(req.url === '/events' ? 200 : 502, { 'Content-Type': 'text/html' }).end('<html>bad gateway</html>')
+    })
+    await new Promise<void>((done) => other.listen(0, '127.0.0.1', done))
+    const otherUrl = `http://127.0.0.1:${(other.address() as AddressInfo).port}`
+    try {
+      const client = createHttpClient({ url: otherUrl })
+      await expect(client.queues()).rejects.toThrow(/did not answer JSON: is the URL a Stovepipe server/)
+      await expect(client.queue('main')).rejects.toThrow(/HTTP 502 without a Stovepipe error body/)
+      await expect(client.queue('main')).rejects.toBeInstanceOf(UnavailableError)
+      await expect(followEvents({ url: otherUrl }, () => undefined)).rejects.toThrow(/is not an event stream/)
+    } finally {
+      await new Promise((done) => other.close(done))
+    }
+    // Reconnecting is for a connection that was made: a first one that fails rejects.
+    await expect(followEvents({ url: 'http://127.0.0.1:1' }, () => undefined)).rejects.toBeInstanceOf(UnavailableError)
   })
 
   it('resumes after a dropped connection with no duplicate and no hole', async () => {
