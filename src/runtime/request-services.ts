@@ -415,6 +415,14 @@ export function buildService(deps: RequestServiceDeps) {
       if (!build.controller.signal.aborted) answer(build, { type: 'build.failed', error, version: build.version })
     }
     const built = (build: RunningBuild, result: BuildResult): void => {
+      // A builder written in plain JavaScript can resolve anything: only a result is a verdict.
+      const given: unknown = result
+      const outcome = typeof given === 'object' && given !== null ? (given as { outcome?: unknown }).outcome : undefined
+      if (outcome !== 'passed' && outcome !== 'failed' && outcome !== 'error') {
+        const shown = typeof given === 'object' && given !== null ? `outcome ${JSON.stringify(outcome) ?? 'undefined'}` : String(given)
+        failed(build, new UnavailableError(`the builder gave no valid result for ${build.uri} (${shown}; expected passed, failed or error)`))
+        return
+      }
       const unreported = result.outcome === 'passed' ? (build.projects ?? []).filter((p) => result.projects?.[p] === undefined) : []
       if (result.outcome === 'error') {
         const tail = result.log === undefined ? '' : `: ${result.log.slice(-500)}`
