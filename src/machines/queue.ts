@@ -229,11 +229,8 @@ export const queueMachine = setup({
       enqueue.assign(({ spawn }) => {
         for (const resumed of event.requests)
           spawn('request', { id: requestActorId(resumed.id), input: { kind: 'resume', context: resumed } })
-        return {
-          requests,
-          dueAt: nextDueAt(requests),
-          stats: { ...context.stats, superseded: context.stats.superseded + superseding.length },
-        }
+        // The superseded are counted when they end superseded (request.ended), as after an ingest.
+        return { requests, dueAt: nextDueAt(requests) }
       })
       for (const id of superseding) {
         enqueue.sendTo(requestActorId(id), { type: 'SUPERSEDE', by: requestIdOf(context.name, newest), at: event.at })

@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest'
 import { createStovepipe, EventLogConflictError, StoppedError, StorageUnavailableError, type Storage } from '../../src/index.js'
 import { createMemoryStorage } from '../../src/storage/memory/index.js'
 import { describeRequest } from '../../src/runtime/views.js'
+import type { WriteOp } from '../../src/storage/types.js'
 import { driveUntil, settle, track } from '../support/drive.js'
 import { world, type World } from '../support/runtime.js'
 
@@ -171,6 +172,41 @@ describe('recovery', () => {
     const done = await w.run((await w.run(sp.queue('main'))).waitFor(id))
     expect(done).toMatchObject({ state: 'recorded', verdict: 'green', factWritten: true })
     expect(await w.storage.facts.get('main', 'fake://a1')).toEqual(fact)
+  })
+})
+
+describe('queue counts across restarts', () => {
+  it('a request superseded as its queue resumes is counted once', async () => {
+    let hang = true
+    const w = await world({
+      builder: { durationMs: 5_000 },
+      // The process dies while request 2's `superseded` write is in its commit: it never lands.
+      wrap: (inner) => ({
+        ...inner,
+        commit: (ops: readonly WriteOp[]) =>
+          hang && ops.some((op) => op.op === 'request.update' && op.record.state === 'superseded')
+            ? new Promise(() => undefined)
+            : inner.commit(ops),
+      }),
+    })
+    let main = await w.run(w.sp.queue('main', { ref: 'main' }))
+    w.sc.commit('main', 'a1')
+    await w.run(main.ingest()) // request 1 builds for 5 s
+    await driveUntil(w.clock, () => w.builder.running() === 1)
+    w.sc.commit('main', 'a2')
+    await w.run(main.ingest()) // request 2 waits
+    w.sc.commit('main', 'a3')
+    const third = track(main.ingest()) // request 3 supersedes 2
+    await driveUntil(w.clock, () => third.settled)
+    await settle()
+    expect((await w.storage.requests.get('request/main/2')).state).toBe('accepted')
+    hang = false
+    const sp = await w.crash()
+    main = await w.run(sp.queue('main'))
+    await w.run(main.waitFor('request/main/3'))
+    await settle()
+    expect((await w.storage.requests.listByQueue('main')).items.map((r) => r.state)).toEqual(['recorded', 'superseded', 'recorded'])
+    expect(main.stats().superseded).toBe(1)
   })
 })
 
