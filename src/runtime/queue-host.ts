@@ -14,7 +14,7 @@ import { queueMachine, requestActorId, type QueueActor, type QueueConfig, type Q
 import type { AnyActorRef } from 'xstate'
 import { newRequestContext, type RequestContext } from '../machines/request.js'
 import type { SourceControl } from '../sourcecontrol/types.js'
-import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError } from '../storage/errors.js'
+import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError, StorageUnavailableError } from '../storage/errors.js'
 import {
   FINAL_REQUEST_STATES,
   type Json,
@@ -143,6 +143,13 @@ export class QueueHost implements QueueHandle {
    */
   private persistedConfig: QueueConfig
   private persistedLastGreen: QueueContext['lastGreen']
+  /**
+   * The newest context whose snapshot write succeeded (config, last green and counts as
+   * stored), and whether a write failed since: the next change, and the stop, write again.
+   * (Counts alone are written at stop, not on every request's end.)
+   */
+  private durable: QueueContext
+  private dirty = false
   /** Set when the queue actor failed: the queue takes no more work. */
   private failure: StoppedError | undefined
   /** Requests whose actor failed and could not be recorded (they resume at the next start): why. */
@@ -169,6 +176,7 @@ export class QueueHost implements QueueHandle {
     const context = actor.getSnapshot().context
     this.persistedConfig = context.config
     this.persistedLastGreen = context.lastGreen
+    this.durable = context
     this.seenGreen = storedLastGreen === null ? null : { ...storedLastGreen }
     this.track(context)
     if (this.moves.length > 0) {
@@ -186,7 +194,7 @@ export class QueueHost implements QueueHandle {
    */
   changed(context: QueueContext): void {
     this.track(context)
-    if (context.config === this.persistedConfig && context.lastGreen === this.persistedLastGreen) return
+    if (!this.dirty && context.config === this.persistedConfig && context.lastGreen === this.persistedLastGreen) return
     this.persistedConfig = context.config
     this.persistedLastGreen = context.lastGreen
     this.pending = context
@@ -263,16 +271,19 @@ export class QueueHost implements QueueHandle {
     try {
       for (let context = this.pending; context !== undefined; context = this.pending) {
         this.pending = undefined
-        await this.persistContext(context)
+        this.dirty = !(await this.persistContext(context))
+        if (!this.dirty) this.durable = context
       }
     } catch (error) {
-      this.deps.logger.error({ err: error, queue: this.name }, 'queue snapshot not persisted')
+      this.dirty = true
+      this.deps.logger.error({ err: error, queue: this.name }, 'queue snapshot not persisted; written again with the next change')
     } finally {
       this.persisting = undefined
     }
   }
 
-  private async persistContext(context: QueueContext): Promise<void> {
+  /** Writes the snapshot; true once stored, false when the write failed (it was logged). */
+  private async persistContext(context: QueueContext): Promise<boolean> {
     const snapshot = persistedWithoutChildren(this.actor, context)
     const now = Math.max(0, Math.floor(this.deps.clock.now()))
     const record: QueueRecord = {
@@ -300,7 +311,7 @@ export class QueueHost implements QueueHandle {
       const result = results[outbox.length]
       if (result?.status === 'ok') {
         this.version++
-        return
+        return true
       }
       if (result?.status === 'version_mismatch' || result?.status === 'not_found') {
         // Only this host writes the row; re-read its version and write on top.
@@ -311,14 +322,40 @@ export class QueueHost implements QueueHandle {
       }
       if (result !== undefined)
         this.deps.logger.error({ err: writeFailure(result, `queue ${this.name}`), queue: this.name }, 'queue snapshot not persisted')
-      return
+      return false
     }
     this.deps.logger.error({ queue: this.name }, 'queue snapshot not persisted: the row changed under us')
+    return false
   }
 
-  /** Resolves once every snapshot seen so far is persisted. */
+  /** Resolves once every snapshot write started so far has settled. */
   async flush(): Promise<void> {
     while (this.persisting !== undefined) await this.persisting
+  }
+
+  /**
+   * At stop: writes the snapshot once more if anything in it is not stored (counts, which
+   * are not written on every change, or a write that failed), and waits for it.
+   */
+  async persistFinal(): Promise<void> {
+    await this.flush()
+    const context = this.actor.getSnapshot().context
+    const stored = this.durable
+    if (!this.dirty && context.stats === stored.stats && context.config === stored.config && context.lastGreen === stored.lastGreen) return
+    this.pending = context
+    this.persisting ??= this.persistLoop()
+    await this.flush()
+  }
+
+  /** Resolves once `config` is stored; StorageUnavailableError when its write failed (it is written again later). */
+  async configStored(config: QueueConfig): Promise<void> {
+    await Promise.resolve() // the config event's transition schedules the write
+    await this.flush()
+    if (JSON.stringify(this.durable.config) !== JSON.stringify(config)) {
+      throw new StorageUnavailableError(
+        `the new config of queue ${this.name} is in effect in this process but not stored yet (storage failed); it is written again with the next change and at stop`,
+      )
+    }
   }
 
   ingest(): Promise<IngestResult> {

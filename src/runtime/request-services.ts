@@ -419,8 +419,16 @@ export function buildService(deps: RequestServiceDeps) {
       const given: unknown = result
       const outcome = typeof given === 'object' && given !== null ? (given as { outcome?: unknown }).outcome : undefined
       if (outcome !== 'passed' && outcome !== 'failed' && outcome !== 'error') {
-        const shown = typeof given === 'object' && given !== null ? `outcome ${JSON.stringify(outcome) ?? 'undefined'}` : String(given)
-        failed(build, new UnavailableError(`the builder gave no valid result for ${build.uri} (${shown}; expected passed, failed or error)`))
+        const shown =
+          typeof given !== 'object' || given === null
+            ? String(given)
+            : outcome === undefined
+              ? 'no outcome'
+              : `outcome ${JSON.stringify(outcome)}`
+        failed(
+          build,
+          new UnavailableError(`the builder gave no valid result for ${build.uri} (${shown}; expected passed, failed or error)`),
+        )
         return
       }
       const unreported = result.outcome === 'passed' ? (build.projects ?? []).filter((p) => result.projects?.[p] === undefined) : []

@@ -567,7 +567,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     rootActor.stop()
     for (const host of hosts.values()) host.rejectWaiters(fatal ?? new StoppedError('the runtime stopped'))
     const snapshotsLeft = sleep(clock, left())
-    await Promise.race([Promise.all([...hosts.values()].map((host) => host.flush())), snapshotsLeft.done])
+    await Promise.race([Promise.all([...hosts.values()].map((host) => host.persistFinal())), snapshotsLeft.done])
     snapshotsLeft.cancel()
     const eventLog = await events.stop({ deadlineMs: left() })
     const drained = await writer.stop({ deadlineMs: left() })
@@ -647,6 +647,9 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     assertQueueName(name)
     const stopped = hostDeps.stopped()
     if (stopped !== undefined) throw stopped
+    // A queue this process is creating right now: wait for it, then treat it as existing.
+    const creation = creating.get(name)
+    if (creation !== undefined) await creation.catch(() => undefined)
     const existing = hosts.get(name)
     if (existing !== undefined) {
       if (input !== undefined) {
@@ -654,11 +657,25 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
         if (JSON.stringify(config) !== JSON.stringify(existing.config())) {
           bindSourceControl(name, config)
           existing.actor.send({ type: 'config', config, at: now() })
+          // Resolved once stored: a crash right after it must not bring back the old config.
+          await existing.configStored(config)
         }
       }
       return existing
     }
     if (input === undefined) throw new NotFoundError(`queue ${name} does not exist; pass its config to create it`)
+    const created = createQueue(name, input)
+    creating.set(name, created)
+    try {
+      return await created
+    } finally {
+      creating.delete(name)
+    }
+  }
+
+  /** Queues being created by this process, by name (a second open of one waits for the first). */
+  const creating = new Map<string, Promise<QueueHandle>>()
+  const createQueue = async (name: string, input: QueueConfigInput): Promise<QueueHandle> => {
     const config = normalizeQueueConfig(input)
     // Before anything is written: a repository that does not exist is refused, not stored.
     sourceControlOf(name, config)

@@ -8,6 +8,7 @@ import { createStovepipe, EventLogConflictError, StoppedError, StorageUnavailabl
 import { createMemoryStorage } from '../../src/storage/memory/index.js'
 import { describeRequest } from '../../src/runtime/views.js'
 import type { WriteOp } from '../../src/storage/types.js'
+import { createFaultyStorage } from '../../src/testing/faulty-storage.js'
 import { driveUntil, settle, track } from '../support/drive.js'
 import { world, type World } from '../support/runtime.js'
 
@@ -175,7 +176,53 @@ describe('recovery', () => {
   })
 })
 
-describe('queue counts across restarts', () => {
+describe('queue state across restarts', () => {
+  it('counts survive a graceful restart (written at stop, not on every request end)', async () => {
+    const w = await world({ builder: { outcome: (uri) => (uri.endsWith('bad') ? 'failed' : 'passed') } })
+    let main = await w.run(w.sp.queue('main', { ref: 'main' }))
+    for (const sha of ['good', 'bad']) {
+      w.sc.commit('main', sha)
+      await w.run(main.waitFor((await w.run(main.ingest())).id))
+    }
+    const before = main.stats()
+    expect(before).toMatchObject({ accepted: 2, green: 1, red: 1 })
+    const sp = await w.restart()
+    main = await w.run(sp.queue('main'))
+    expect(main.stats()).toEqual(before)
+  })
+
+  it('a new config resolves once stored: a crash right after it keeps it', async () => {
+    const w = await world()
+    await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 1 }))
+    await w.sp.queue('main', { ref: 'main', maxConcurrent: 3 }) // nothing driven after it resolves
+    const sp = await w.crash()
+    expect((await w.run(sp.queue('main'))).config().maxConcurrent).toBe(3)
+  })
+
+  it('a new config that cannot be stored is refused with StorageUnavailableError, in effect, and stored at the next stop', async () => {
+    let faulty: ReturnType<typeof createFaultyStorage> | undefined
+    const w = await world({
+      runtime: { writer: { retry: { maxAttempts: 2, baseDelayMs: 10, maxDelayMs: 10 } } },
+      wrap: (inner) => (faulty = createFaultyStorage(inner)),
+    })
+    const main = await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 1 }))
+    if (faulty === undefined) throw new Error('no faulty storage')
+    faulty.faults.down = true
+    await expect(w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 3 }))).rejects.toBeInstanceOf(StorageUnavailableError)
+    expect(main.config().maxConcurrent).toBe(3)
+    faulty.faults.down = false
+    const sp = await w.restart()
+    expect((await w.run(sp.queue('main'))).config().maxConcurrent).toBe(3)
+  })
+
+  it('two calls creating one queue at once both get it', async () => {
+    const w = await world()
+    const [a, b] = await w.run(Promise.all([w.sp.queue('main', { ref: 'main' }), w.sp.queue('main', { ref: 'main', maxConcurrent: 2 })]))
+    expect(a).toBe(b)
+    expect(a.config().maxConcurrent).toBe(2)
+    expect(w.sp.queues()).toHaveLength(1)
+  })
+
   it('a request superseded as its queue resumes is counted once', async () => {
     let hang = true
     const w = await world({
