@@ -178,7 +178,8 @@ export function historyCommand(parsed: Parsed, io: CliIo): Promise<number> {
       r.verdict === 'green' ? paint.green('green') : r.verdict === 'red' ? paint.red('red') : paint.yellow(r.verdict ?? r.state),
       r.strategy ?? '-',
       formatTime(r.endedAt ?? r.updatedAt),
-      r.reason ?? '',
+      // One line per row: a reason can carry a command's stderr (the whole of it is in --json).
+      (r.reason ?? '').split('\n', 1)[0] ?? '',
     ])
     io.stdout.write(
       rows.length === 0

@@ -49,8 +49,6 @@ export interface StatusReaderOptions {
 
 /** Rows per storage page while scanning. */
 const PAGE = 500
-/** What names a commit of a git queue: 7 or more hex characters (SHA-1 or SHA-256). */
-const GIT_SHA_PREFIX = /^[0-9a-f]{7,64}$/i
 /** Recorded requests above the stored last green looked at for a newer green. */
 const GREEN_SCAN_ROWS = 200
 
@@ -176,7 +174,7 @@ class StorageStatusReader implements StatusReader {
     const record = await this.record(queue)
     // A git queue's commits are hex shas: anything else is a typo, not a commit never ingested.
     // (The fake source control names commits freely, so a queue without a repo takes any name.)
-    if (configOf(record).repo !== undefined && !commit.includes('://') && !GIT_SHA_PREFIX.test(commit)) {
+    if (configOf(record).repo !== undefined && !commit.includes('://') && !isShaPrefix(commit)) {
       throw new InvalidInputError(
         `${JSON.stringify(commit)} is not a commit of queue ${queue}: give a sha or a sha prefix of at least 7 hex characters, or a commit URI`,
       )

@@ -8,8 +8,8 @@
 
 /** Characters a sha may have (git's hex, and the fake source control's names). */
 const SHA = /^[A-Za-z0-9._-]{1,64}$/
-/** A sha prefix long enough to look up: 7 to 40 hex characters. */
-const HEX_PREFIX = /^[0-9a-f]{7,40}$/i
+/** A sha prefix long enough to look up: 7 to 64 hex characters (SHA-1 or SHA-256 object names). */
+const HEX_PREFIX = /^[0-9a-f]{7,64}$/i
 
 /**
  * The sha of a commit URI: what follows the last `#` (git URIs), or what follows `://` when
@@ -32,7 +32,7 @@ export function shortSha(uri: string): string {
   return shaOf(uri)?.slice(0, 7) ?? uri
 }
 
-/** True when `input` is a sha prefix long enough to look up (7 to 40 hex characters). */
+/** True when `input` is a sha prefix long enough to look up (7 to 64 hex characters). */
 export function isShaPrefix(input: string): boolean {
   return HEX_PREFIX.test(input)
 }

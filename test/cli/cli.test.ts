@@ -18,7 +18,7 @@ import { openMysqlStorage } from '../../src/storage/mysql/index.js'
 import { openSqliteStorage } from '../../src/storage/sqlite/index.js'
 import type { EventRow } from '../../src/storage/types.js'
 import { createMysqlDatabase, describeMysql } from '../support/mysql.js'
-import { sampleQueue } from '../../src/testing/index.js'
+import { sampleQueue, sampleRequest } from '../../src/testing/index.js'
 import { tempDir } from '../support/sqlite.js'
 
 const dir = tempDir('stovepipe-cli-')
@@ -90,6 +90,25 @@ describe('stovepipe read commands', () => {
     const sha = await cli('last-green', 'svn', '--db', path, '--sha')
     expect(sha).toMatchObject({ code: 2, stdout: '' })
     expect(sha.stderr).toContain('has no sha (svn://host/repo/trunk@123); ask without --sha')
+  })
+
+  it("history shows one line per request, a multi-line reason's first line only", async () => {
+    const path = join(dir.dir, 'reasons.db')
+    const storage = await openSqliteStorage({ filename: path })
+    const reason = 'gave up after 3 attempts: git fetch failed\nfatal: unable to access\nremote: denied'
+    await storage.commit([
+      { op: 'queue.create', record: sampleQueue('q', { config: { ref: 'main' } }) },
+      {
+        op: 'request.create',
+        record: sampleRequest('q', 1, { state: 'recorded', data: { step: 'recorded', context: { verdict: 'indeterminate', reason } } }),
+      },
+    ])
+    await storage.close()
+    const lines = (await cli('history', 'q', '--db', path)).stdout.trim().split('\n')
+    expect(lines).toHaveLength(2)
+    expect(lines[1]).toMatch(/indeterminate .*gave up after 3 attempts: git fetch failed$/)
+    const json = JSON.parse((await cli('history', 'q', '--db', path, '--json')).stdout) as { items: { reason: string }[] }
+    expect(json.items[0]?.reason).toBe(reason)
   })
 
   it('history lists recorded requests newest first, as text and JSON', async () => {

@@ -41,6 +41,10 @@ describe('shaOf and friends', () => {
     expect(isShaPrefix('xyz1234')).toBe(false)
     expect(matchesCommit(`git+file:///srv/repo#${A}`, 'AAAAAAA')).toBe(true)
     expect(matchesCommit(`git+file:///srv/repo#${A}`, 'aaaaaa')).toBe(false)
+    // SHA-256 repositories: prefixes up to 64 characters.
+    const sha256 = `${'ab'.repeat(31)}cd`
+    expect(matchesCommit(`git+file:///srv/repo#${sha256}`, sha256.slice(0, 50))).toBe(true)
+    expect(isShaPrefix('a'.repeat(65))).toBe(false)
     expect(matchesCommit('fake://a1', 'a1')).toBe(true)
   })
 })
