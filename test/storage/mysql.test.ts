@@ -138,6 +138,27 @@ describeMysql('mysql storage', () => {
     expect(await storage.counters.next('main')).toBe(1)
   }, 90_000)
 
+  it('a call in flight when the storage is closed fails with StorageClosedError', async () => {
+    const { url } = await createMysqlDatabase().then((db) => {
+      cleanups.push(db.drop)
+      return db
+    })
+    const storage = await openMysqlStorage({ uri: url })
+    await storage.counters.next('main')
+    // Another connection holds the counter row: the next call waits on its lock.
+    const holder = await mysql.createConnection({ uri: url })
+    await holder.beginTransaction()
+    await holder.query('SELECT * FROM counters FOR UPDATE')
+    const pending = storage.counters.next('main').catch((e: unknown) => e)
+    await new Promise((done) => setTimeout(done, 200))
+    const closing = storage.close()
+    await new Promise((done) => setTimeout(done, 200))
+    await holder.rollback()
+    await holder.end()
+    await closing
+    expect(await pending).toBeInstanceOf(StorageClosedError)
+  }, 30_000)
+
   it('keeps two pools on one database consistent: every id created once, counters never repeat', async () => {
     const { storage: a, url } = await openFresh()
     const b = await openMysqlStorage({ uri: url, connectionLimit: 4 })

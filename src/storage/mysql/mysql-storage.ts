@@ -281,6 +281,8 @@ const INSERT_QUEUES = 'INSERT INTO queues (name, version, config, last_green, sn
 class MysqlBackend implements StorageBackend {
   readonly kind = 'mysql'
   private readonly readCommitted = new WeakSet<object>()
+  /** Set by close(): what fails from then on failed because the pool was closed under it. */
+  private closing = false
 
   constructor(
     private readonly pool: Pool,
@@ -292,8 +294,16 @@ class MysqlBackend implements StorageBackend {
     try {
       return await body()
     } catch (error) {
-      throw translateMysqlError(error, this.where)
+      throw this.translate(error)
     }
+  }
+
+  /** A driver error as a typed one; StorageClosedError once the pool is being closed. */
+  private translate(error: unknown): StovepipeError {
+    if (this.closing && !(error instanceof StovepipeError)) {
+      return new StorageClosedError(`MySQL storage at ${this.where} was closed while the call was in flight`, { cause: error })
+    }
+    return translateMysqlError(error, this.where)
   }
 
   private async rows(sql: string, params: unknown[]): Promise<RowDataPacket[]> {
@@ -307,7 +317,7 @@ class MysqlBackend implements StorageBackend {
     try {
       connection = await this.pool.getConnection()
     } catch (error) {
-      throw translateMysqlError(error, this.where)
+      throw this.translate(error)
     }
     let fatal = false
     try {
@@ -348,7 +358,7 @@ class MysqlBackend implements StorageBackend {
       }
     } catch (error) {
       fatal ||= isFatal(error)
-      throw translateMysqlError(error, this.where)
+      throw this.translate(error)
     } finally {
       if (fatal) connection.destroy()
       else connection.release()
@@ -678,8 +688,13 @@ class MysqlBackend implements StorageBackend {
     return this.run(() => applyMysqlMigrations(this.pool, MYSQL_MIGRATIONS))
   }
 
-  close(): Promise<void> {
-    return this.run(() => this.pool.end())
+  async close(): Promise<void> {
+    this.closing = true
+    try {
+      await this.pool.end()
+    } catch (error) {
+      throw translateMysqlError(error, this.where)
+    }
   }
 }
 
