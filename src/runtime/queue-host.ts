@@ -347,11 +347,15 @@ export class QueueHost implements QueueHandle {
     await this.flush()
   }
 
-  /** Resolves once `config` is stored; StorageUnavailableError when its write failed (it is written again later). */
-  async configStored(config: QueueConfig): Promise<void> {
+  /**
+   * Resolves once the config just sent is stored (or replaced by a newer one, stored);
+   * StorageUnavailableError when the write failed (it is written again later).
+   */
+  async configStored(): Promise<void> {
     await Promise.resolve() // the config event's transition schedules the write
     await this.flush()
-    if (JSON.stringify(this.durable.config) !== JSON.stringify(config)) {
+    // The last write carried the newest context, so this config or a newer one.
+    if (this.dirty) {
       throw new StorageUnavailableError(
         `the new config of queue ${this.name} is in effect in this process but not stored yet (storage failed); it is written again with the next change and at stop`,
       )

@@ -658,7 +658,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
           bindSourceControl(name, config)
           existing.actor.send({ type: 'config', config, at: now() })
           // Resolved once stored: a crash right after it must not bring back the old config.
-          await existing.configStored(config)
+          await existing.configStored()
         }
       }
       return existing
