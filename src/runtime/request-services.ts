@@ -395,6 +395,24 @@ class RunningBuild {
   ) {}
 }
 
+const OUTCOMES: readonly unknown[] = ['passed', 'failed', 'error']
+const PROJECT_OUTCOMES: readonly unknown[] = ['passed', 'failed']
+
+/** What makes `given` not a {@link BuildResult}, or undefined when it is one. */
+function resultProblem(given: unknown): string | undefined {
+  if (typeof given !== 'object' || given === null) return `${String(given)}, not an object`
+  const { outcome, log, projects } = given as Record<string, unknown>
+  if (!OUTCOMES.includes(outcome))
+    return `outcome ${outcome === undefined ? 'missing' : JSON.stringify(outcome)}; expected passed, failed or error`
+  if (log !== undefined && typeof log !== 'string') return 'log is not a string'
+  if (projects === undefined) return undefined
+  if (typeof projects !== 'object' || projects === null || Array.isArray(projects)) return 'projects is not an object'
+  const bad = Object.entries(projects).find(([, value]) => !PROJECT_OUTCOMES.includes(value))
+  return bad === undefined
+    ? undefined
+    : `project ${bad[0]} is ${typeof bad[1] === 'string' ? bad[1] : typeof bad[1]}; expected passed or failed`
+}
+
 /**
  * The build service (system id `BUILD_SERVICE`): for each `build.start`, persists the
  * request at `processing.building` (acknowledged before the build starts), runs the build,
@@ -416,19 +434,9 @@ export function buildService(deps: RequestServiceDeps) {
     }
     const built = (build: RunningBuild, result: BuildResult): void => {
       // A builder written in plain JavaScript can resolve anything: only a result is a verdict.
-      const given: unknown = result
-      const outcome = typeof given === 'object' && given !== null ? (given as { outcome?: unknown }).outcome : undefined
-      if (outcome !== 'passed' && outcome !== 'failed' && outcome !== 'error') {
-        const shown =
-          typeof given !== 'object' || given === null
-            ? String(given)
-            : outcome === undefined
-              ? 'no outcome'
-              : `outcome ${JSON.stringify(outcome)}`
-        failed(
-          build,
-          new UnavailableError(`the builder gave no valid result for ${build.uri} (${shown}; expected passed, failed or error)`),
-        )
+      const problem = resultProblem(result)
+      if (problem !== undefined) {
+        failed(build, new UnavailableError(`the builder gave no valid result for ${build.uri} (${problem})`))
         return
       }
       const unreported = result.outcome === 'passed' ? (build.projects ?? []).filter((p) => result.projects?.[p] === undefined) : []
@@ -463,10 +471,15 @@ export function buildService(deps: RequestServiceDeps) {
         return
       }
       // Promise callbacks rather than an async function: a suspended async function keeps
-      // a generator and its registers for as long as the build runs.
-      building.then(
+      // a generator and its registers for as long as the build runs. (Promise.resolve: a
+      // builder in plain JavaScript may return a result, or anything, instead of a promise.)
+      Promise.resolve(building).then(
         (result) => {
-          built(build, result)
+          try {
+            built(build, result)
+          } catch (error) {
+            failed(build, error)
+          }
         },
         (error: unknown) => {
           failed(build, error)
