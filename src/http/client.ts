@@ -247,7 +247,14 @@ export async function followEvents(options: FollowEventsOptions, onEntry: EventL
     }
     if (!res.ok) {
       const body: unknown = await res.json().catch((): unknown => null)
-      throw fromResponse(res.status, body)
+      const error = fromResponse(res.status, body)
+      // Once connected, a server restarting (503) or a proxy in front of it (502, 504) is
+      // waited out like a dropped connection; the first connection, and a 4xx, reject.
+      if (connected && reconnect && res.status >= 502 && res.status <= 504) {
+        await retry(error)
+        continue
+      }
+      throw error
     }
     if (!(res.headers.get('content-type') ?? '').startsWith('text/event-stream')) {
       await res.body?.cancel().catch(() => undefined)

@@ -190,6 +190,55 @@ describe('HTTP client', () => {
     await expect(followEvents({ url: 'http://127.0.0.1:1' }, () => undefined)).rejects.toBeInstanceOf(UnavailableError)
   })
 
+  it('once connected, waits out a proxy or a restarting server (502, 503, 504) as a dropped connection', async () => {
+    let calls = 0
+    const row = {
+      kind: 'event',
+      nodeId: 'local',
+      seq: 5,
+      id: 5,
+      at: 1,
+      payload: { queue: 'main', requestId: 'request/main/1', from: 'new', to: 'accepted', event: 'INIT' },
+    }
+    const flaky = createServer((req, res) => {
+      calls++
+      if (calls === 1) {
+        res.writeHead(200, { 'Content-Type': 'text/event-stream' })
+        res.end('event: position\nid: 4\ndata: {"from":5}\n\n') // then the server goes away
+      } else if (calls === 2) res.writeHead(502, { 'Content-Type': 'text/html' }).end('<html>502 Bad Gateway</html>')
+      else if (calls === 3)
+        res.writeHead(503, { 'Content-Type': 'application/json' }).end('{"error":{"code":"STOPPED","message":"stopping"}}')
+      else {
+        res.writeHead(200, { 'Content-Type': 'text/event-stream' })
+        res.write(`id: 5\ndata: ${JSON.stringify(row)}\n\n`)
+      }
+    })
+    await new Promise<void>((done) => flaky.listen(0, '127.0.0.1', done))
+    const controller = new AbortController()
+    const got: number[] = []
+    const waits: string[] = []
+    try {
+      await followEvents(
+        {
+          url: `http://127.0.0.1:${(flaky.address() as AddressInfo).port}`,
+          onReconnect: (error) => waits.push(error instanceof Error ? error.message : String(error)),
+        },
+        (entry) => {
+          got.push(lastId(entry))
+          controller.abort()
+        },
+        controller.signal,
+      )
+      expect(got).toEqual([5])
+      expect(waits).toHaveLength(3)
+      expect(waits[1]).toMatch(/HTTP 502 without a Stovepipe error body/)
+    } finally {
+      controller.abort()
+      flaky.closeAllConnections()
+      await new Promise((done) => flaky.close(done))
+    }
+  })
+
   it('resumes after a dropped connection with no duplicate and no hole', async () => {
     const first = await createHttpServer({ reader, sp: live.sp }).listen({ port: 0 })
     const port = first.port
