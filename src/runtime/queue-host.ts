@@ -354,6 +354,9 @@ export class QueueHost implements QueueHandle {
   async configStored(): Promise<void> {
     await Promise.resolve() // the config event's transition schedules the write
     await this.flush()
+    // A stopped or failed queue took no config: nothing was written, and nothing is in effect.
+    const stopped = this.failure ?? this.deps.stopped()
+    if (stopped !== undefined) throw stopped
     // The last write carried the newest context, so this config or a newer one.
     if (this.dirty) {
       throw new StorageUnavailableError(

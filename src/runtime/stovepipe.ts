@@ -567,7 +567,10 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     rootActor.stop()
     for (const host of hosts.values()) host.rejectWaiters(fatal ?? new StoppedError('the runtime stopped'))
     const snapshotsLeft = sleep(clock, left())
-    await Promise.race([Promise.all([...hosts.values()].map((host) => host.persistFinal())), snapshotsLeft.done])
+    // A runtime that stopped itself (another process writes its node's log, say) may not be
+    // the only one running its queues: it writes nothing more of theirs.
+    const settled = [...hosts.values()].map((host) => (fatal === undefined ? host.persistFinal() : host.flush()))
+    await Promise.race([Promise.all(settled), snapshotsLeft.done])
     snapshotsLeft.cancel()
     const eventLog = await events.stop({ deadlineMs: left() })
     const drained = await writer.stop({ deadlineMs: left() })
@@ -649,7 +652,11 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     if (stopped !== undefined) throw stopped
     // A queue this process is creating right now: wait for it, then treat it as existing.
     const creation = creating.get(name)
-    if (creation !== undefined) await creation.catch(() => undefined)
+    if (creation !== undefined) {
+      await creation.catch(() => undefined)
+      const stoppedMeanwhile = hostDeps.stopped()
+      if (stoppedMeanwhile !== undefined) throw stoppedMeanwhile
+    }
     const existing = hosts.get(name)
     if (existing !== undefined) {
       if (input !== undefined) {
@@ -691,6 +698,9 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       throw new InvalidInputError(`queue ${name} was created by another process; restart this runtime to load it`)
     }
     if (result?.status !== 'ok') throw new StoppedError(`queue ${name} could not be created (${result?.status ?? 'no result'})`)
+    // Stopped while the row was written: it is stored (and opens at the next start), but no actor starts now.
+    const stopped = hostDeps.stopped()
+    if (stopped !== undefined) throw stopped
     return hosts.get(name) ?? spawnQueue(name, context, 0, null)
   }
 

@@ -855,6 +855,51 @@ describe('stopping', () => {
   })
 })
 
+describe('a runtime that stopped itself', () => {
+  it('writes nothing more of its queues at stop (another process may run them)', async () => {
+    const w = await world({ builder: { outcome: (uri) => (uri.includes('bad') ? 'failed' : 'passed') } })
+    const main = await w.run(w.sp.queue('main', ref))
+    for (const sha of ['a1', 'bad2']) {
+      w.sc.commit('main', sha)
+      await w.run(main.waitFor((await w.run(main.ingest())).id))
+    }
+    // The red verdict changed the queue's counts only: not written yet.
+    expect(main.stats()).toMatchObject({ green: 1, red: 1 })
+    await settle()
+    const before = await w.storage.queues.get('main')
+    // A second process with the same node id writes the next seq of the log: the first fails.
+    const other = await createStovepipe({
+      storage: createMemoryStorage({ database: w.database }),
+      sourceControl: w.sc,
+      builder: w.builder,
+      clock: w.clock,
+    })
+    const theirs = await w.run(other.queue('other', ref))
+    w.sc.commit('other', 'o1')
+    await w.run(theirs.waitFor((await w.run(theirs.ingest())).id))
+    w.sc.commit('main', 'a3')
+    const ingest = track(main.ingest().then(({ id }) => main.waitFor(id)))
+    await driveUntil(w.clock, () => ingest.settled)
+    expect(ingest.error).toBeInstanceOf(StoppedError)
+    await w.run(w.sp.stop())
+    expect(await w.storage.queues.get('main')).toEqual(before)
+    await w.run(other.stop())
+  })
+})
+
+describe('opening a queue while the runtime stops', () => {
+  it('neither call says it opened or reconfigured a queue, and no queue actor starts', async () => {
+    const w = await world()
+    const first = track(w.sp.queue('main', ref))
+    const second = track(w.sp.queue('main', { ...ref, maxConcurrent: 2 }))
+    await w.run(w.sp.stop())
+    await driveUntil(w.clock, () => first.settled && second.settled)
+    expect(first.error).toBeInstanceOf(StoppedError)
+    expect(second.error).toBeInstanceOf(StoppedError)
+    expect(w.sp.queues()).toEqual([])
+  })
+})
+
 describe('bad input', () => {
   it('refuses an unknown queue, invalid configs, ingest after stop and waitFor on an unknown id', async () => {
     const w = await world()
