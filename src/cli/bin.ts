@@ -7,7 +7,9 @@
 import { processIo } from './io.js'
 import { main } from './main.js'
 
-const code = await main(process.argv.slice(2), processIo())
-// Let stdout drain, then leave even if a library left a handle open.
-process.exitCode = code
-setImmediate(() => process.exit(code))
+const io = processIo()
+const code = await main(process.argv.slice(2), io)
+// Let stdout drain (or find its reader gone), then leave even if a library left a handle open.
+process.stdout.write('', () => {
+  setImmediate(() => process.exit(io.brokenPipe() ? 141 : code))
+})

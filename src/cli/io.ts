@@ -20,8 +20,12 @@ export interface CliIo {
   signal: AbortSignal
 }
 
-/** The process's own surroundings; `signal` aborts on the first SIGINT or SIGTERM. */
-export function processIo(): CliIo {
+/**
+ * The process's own surroundings; `signal` aborts on the first SIGINT or SIGTERM, or when
+ * the reader of stdout or stderr goes away (EPIPE: `| head`), and `brokenPipe()` then says
+ * so (the binary exits 141, as a process killed by SIGPIPE would).
+ */
+export function processIo(): CliIo & { brokenPipe(): boolean } {
   const controller = new AbortController()
   const onSignal = (name: NodeJS.Signals): void => {
     if (controller.signal.aborted) {
@@ -32,14 +36,30 @@ export function processIo(): CliIo {
   }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
-  // A reader that went away (`stovepipe events | head`): leave quietly, as a SIGPIPE would.
-  for (const stream of [process.stdout, process.stderr]) {
+  // A reader that went away (`stovepipe events | head`): stop as on a signal (`run` stops its
+  // builds and drains its writes) and write nothing more there.
+  const broken = new Set<NodeJS.WriteStream>()
+  const quiet = (stream: NodeJS.WriteStream): CliIo['stdout'] => {
     stream.on('error', (error: NodeJS.ErrnoException) => {
-      if (error.code === 'EPIPE') process.exit(141)
-      throw error
+      if (error.code !== 'EPIPE' && !broken.has(stream)) throw error
+      broken.add(stream)
+      if (!controller.signal.aborted) controller.abort(new Error('the reader of the output went away'))
     })
+    return {
+      write: (text: string) => (broken.has(stream) ? true : stream.write(text)),
+      get isTTY() {
+        return stream.isTTY
+      },
+    }
   }
-  return { stdout: process.stdout, stderr: process.stderr, env: process.env, cwd: process.cwd(), signal: controller.signal }
+  return {
+    stdout: quiet(process.stdout),
+    stderr: quiet(process.stderr),
+    env: process.env,
+    cwd: process.cwd(),
+    signal: controller.signal,
+    brokenPipe: () => broken.size > 0,
+  }
 }
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']

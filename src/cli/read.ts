@@ -88,6 +88,10 @@ async function openSource(parsed: Parsed, io: CliIo): Promise<Source> {
 /** A word for a shell command line, quoted when it needs to be. */
 const shellWord = (word: string): string => (/^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`)
 
+/** A MySQL URI with its password (user info or `password=` parameter) shown as `***`. */
+export const maskPassword = (uri: string): string =>
+  uri.replace(/(\/\/[^/:@\s]*):[^/@\s]*@/, '$1:***@').replace(/([?&]password=)[^&#]*/gi, '$1***')
+
 /**
  * The source flags given (`--db`, `--mysql`, `--url`) as they would be typed again, for the
  * commands the read commands suggest. A MySQL password is shown as `***` (never echoed), and
@@ -97,8 +101,7 @@ function sourceArgs(parsed: Parsed): string {
   const words: string[] = []
   for (const name of ['db', 'mysql', 'url'] as const) {
     const value = stringOption(parsed, name)
-    if (value !== undefined)
-      words.push(`--${name}`, shellWord(name === 'mysql' ? value.replace(/(\/\/[^/:@\s]*):[^/@\s]*@/, '$1:***@') : value))
+    if (value !== undefined) words.push(`--${name}`, shellWord(name === 'mysql' ? maskPassword(value) : value))
   }
   return words.length === 0 ? '' : ` ${words.join(' ')}`
 }
@@ -187,7 +190,8 @@ export function historyCommand(parsed: Parsed, io: CliIo): Promise<number> {
         : table(['REQUEST', 'SHA', 'VERDICT', 'STRATEGY', 'ENDED', 'REASON'], rows),
     )
     if (page.nextCursor !== undefined) {
-      io.stdout.write(`more: stovepipe history ${queue} --cursor ${shellWord(page.nextCursor)}${sourceArgs(parsed)}\n`)
+      const size = stringOption(parsed, 'limit') === undefined ? '' : ` --limit ${limit}`
+      io.stdout.write(`more: stovepipe history ${queue} --cursor ${shellWord(page.nextCursor)}${size}${sourceArgs(parsed)}\n`)
     }
     return 0
   })

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseDuration, parseListen } from '../../src/cli/args.js'
 import { painter, table } from '../../src/cli/io.js'
 import { exitCodeOf, main } from '../../src/cli/main.js'
+import { maskPassword } from '../../src/cli/read.js'
 import { StorageClosedError, StorageFailedError, StoppedError, UnavailableError } from '../../src/storage/errors.js'
 import { createFakeBuilder } from '../../src/build/fake.js'
 import { createStovepipe } from '../../src/index.js'
@@ -136,7 +137,7 @@ describe('stovepipe read commands', () => {
   it("history's hint for the next page repeats the source flags, so it can be run as printed", async () => {
     const first = await cli('history', 'main', '--db', db, '--limit', '2')
     const hint = /^more: (stovepipe history .*)$/m.exec(first.stdout)?.[1] ?? ''
-    expect(hint).toMatch(/^stovepipe history main --cursor \S+ --db \S+$/)
+    expect(hint).toMatch(/^stovepipe history main --cursor \S+ --limit 2 --db \S+$/)
     const argv = hint
       .split(' ')
       .slice(1)
@@ -350,6 +351,12 @@ describe('stovepipe arguments', () => {
     expect(notRepo.code).toBe(2)
     expect(notRepo.stderr).toMatch(/stovepipe run: .*git/i)
     expect((await cli('status', '--db', db, '--url', 'http://127.0.0.1:1')).code).toBe(2)
+  })
+
+  it('never echoes a MySQL password in a hint', () => {
+    expect(maskPassword('mysql://ci:s3cret@db:3306/sp')).toBe('mysql://ci:***@db:3306/sp')
+    expect(maskPassword('mysql://ci@db/sp?password=s3cret&ssl=1')).toBe('mysql://ci@db/sp?password=***&ssl=1')
+    expect(maskPassword('mysql://root@127.0.0.1/test')).toBe('mysql://root@127.0.0.1/test')
   })
 
   it('says a parse error once, on one line', async () => {

@@ -234,6 +234,16 @@ describe('stovepipe (end to end)', () => {
     expect(cli.stderr()).toBe('')
   }, 30_000)
 
+  it('run whose output reader goes away stops gracefully (builds stopped, writes drained), then exits 141', async () => {
+    const { repo, dir, db } = await setup()
+    await repo.commit('one', { 'check.sh': CHECK, status: 'ok\n' })
+    const cli = start(['run', '--repo', repo.dir, '--build', 'sh ./check.sh', '--db', db, '--poll', '50ms', '--http', 'off'], dir)
+    cli.child.stdout?.destroy()
+    expect(await cli.exited).toBe(141)
+    expect(cli.stderr()).toContain('stopping: killing builds, draining writes')
+    expect(cli.stderr()).not.toContain('EPIPE')
+  }, 60_000)
+
   it('run on a ref that does not exist says so in one line per problem, without a log stack, and keeps polling', async () => {
     const { repo, dir, db } = await setup()
     await repo.commit('one', { 'check.sh': CHECK, status: 'ok\n' })
