@@ -3,7 +3,8 @@
  * builds in worktrees, SQLite, the CLI spawned as a process, HTTP queried, SIGTERM then a
  * restart that resumes.
  */
-import { writeFileSync, rmSync, existsSync } from 'node:fs'
+import { chmodSync, writeFileSync, rmSync, existsSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
@@ -12,6 +13,7 @@ import { startCli, runCli, type CliProcess } from '../support/cli.js'
 import { createTempRepo, type TempRepo } from '../support/git-repo.js'
 import { verifyWebhookSignature } from '../../src/hooks/index.js'
 import { tempDir } from '../support/sqlite.js'
+import { openSqliteStorage } from '../../src/storage/sqlite/index.js'
 
 /** Passes unless the file `status` says otherwise; sleeps while the marker file named by SLOW_MARKER exists. */
 const CHECK = `#!/bin/sh
@@ -233,6 +235,38 @@ describe('stovepipe (end to end)', () => {
     expect(cli.stderr()).not.toContain('EPIPE')
     expect(cli.stderr()).toBe('')
   }, 30_000)
+
+  it('reads a database as a user who cannot write its directory while a writer has it open, and says why not otherwise', async () => {
+    const asRoot = process.getuid?.() === 0
+    const dir = tempDir('stovepipe-reader-')
+    cleanups.push(() => {
+      chmodSync(dir.dir, 0o755)
+      dir.remove()
+    })
+    chmodSync(dir.dir, 0o755)
+    const db = join(dir.dir, 'stovepipe.db')
+    await (await openSqliteStorage({ filename: db })).close()
+    // Root ignores permissions: the reader runs as nobody; anyone else loses write access to the directory.
+    const read = async (): Promise<{ code: number; stdout: string; stderr: string }> => {
+      if (!asRoot) chmodSync(dir.dir, 0o555)
+      try {
+        return await runCli(['status', '--db', db], { cwd: tmpdir(), asNobody: asRoot })
+      } finally {
+        chmodSync(dir.dir, 0o755)
+      }
+    }
+    const closed = await read()
+    expect(closed.code).toBe(4)
+    expect(closed.stderr).toContain('cannot read SQLite database')
+    expect(closed.stderr).toContain('exist only while a writer (`stovepipe run`) has it open')
+    const writer = await openSqliteStorage({ filename: db })
+    try {
+      await writer.counters.next('main')
+      expect(await read()).toMatchObject({ code: 0, stdout: 'no queues yet (start one with `stovepipe run`)\n' })
+    } finally {
+      await writer.close()
+    }
+  }, 60_000)
 
   it('run whose output reader goes away stops gracefully (builds stopped, writes drained), then exits 141', async () => {
     const { repo, dir, db } = await setup()

@@ -21,9 +21,15 @@ export interface CliProcess {
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>
 }
 
-/** Starts `stovepipe <args>` in `cwd`. */
-export function startCli(args: readonly string[], options: { cwd: string; env?: Record<string, string> }): CliProcess {
-  const child = spawn(process.execPath, ['--import', TSX, BIN, ...args], {
+/**
+ * Starts `stovepipe <args>` in `cwd`; with `asNobody` (and the tests running as root), as the
+ * unprivileged user 65534 (through setpriv).
+ */
+export function startCli(args: readonly string[], options: { cwd: string; env?: Record<string, string>; asNobody?: boolean }): CliProcess {
+  const command = [process.execPath, '--import', TSX, BIN, ...args]
+  const [file = '', ...argv] =
+    options.asNobody === true ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', ...command] : command
+  const child = spawn(file, argv, {
     cwd: options.cwd,
     env: { ...process.env, NO_COLOR: '1', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -79,7 +85,7 @@ export function startCli(args: readonly string[], options: { cwd: string; env?: 
 /** Runs `stovepipe <args>` to completion. */
 export async function runCli(
   args: readonly string[],
-  options: { cwd: string; env?: Record<string, string> },
+  options: { cwd: string; env?: Record<string, string>; asNobody?: boolean },
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const cli = startCli(args, options)
   const code = await cli.exited

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { dirname } from 'node:path'
 import Database from 'better-sqlite3'
 import { createStorageFacade, type StorageBackend } from '../facade.js'
 import {
@@ -443,6 +444,19 @@ export function applySqliteMigrations(db: Db, migrations: readonly Migration[]):
   }
 }
 
+/**
+ * A WAL database is read through its `-wal` and `-shm` files, which exist while a writer
+ * has it open; otherwise the reader creates them, which needs write access to the directory.
+ */
+function readOnlyDirectory(error: unknown, filename: string): StorageUnavailableError | undefined {
+  const code = typeof error === 'object' && error !== null && 'code' in error ? String(error.code) : ''
+  if (code !== 'SQLITE_READONLY_DIRECTORY') return undefined
+  return new StorageUnavailableError(
+    `cannot read SQLite database ${filename} as this user: a reader of a WAL database needs its -wal and -shm files, which exist only while a writer (\`stovepipe run\`) has it open, and this user cannot create them in ${dirname(filename)}; read it while it runs, or as a user who can write there`,
+    { cause: error },
+  )
+}
+
 /** For a read-only open: the file must hold a Stovepipe schema this code can read. */
 function checkSqliteSchema(db: Db, filename: string): void {
   const table = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stovepipe_migrations'").get()
@@ -474,7 +488,11 @@ export async function openSqliteStorage(options: SqliteStorageOptions): Promise<
     if (readOnly) {
       if (filename === ':memory:') throw new InvalidInputError('a read-only storage needs a database file, not :memory:')
       db = new Database(filename, { timeout: busyTimeoutMs, readonly: true, fileMustExist: true })
-      checkSqliteSchema(db, filename)
+      try {
+        checkSqliteSchema(db, filename)
+      } catch (error) {
+        throw readOnlyDirectory(error, filename) ?? error
+      }
       return createStorageFacade(new SqliteBackend(db, filename))
     }
     db = new Database(filename, { timeout: busyTimeoutMs })
