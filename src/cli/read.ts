@@ -77,12 +77,22 @@ async function openSource(parsed: Parsed, io: CliIo): Promise<Source> {
   const db = stringOption(parsed, 'db')
   const mysql = stringOption(parsed, 'mysql')
   if (url !== undefined) {
-    if (db !== undefined || mysql !== undefined) throw new InvalidInputError('give either --url or --db/--mysql, not both')
     const token = stringOption(parsed, 'token') ?? io.env.STOVEPIPE_TOKEN
     return { reader: createHttpClient({ url, ...(token === undefined ? {} : { token }) }), close: () => Promise.resolve() }
   }
   const storage = await openState({ db, mysql }, io.cwd, { readOnly: true })
   return { reader: createStatusReader(storage), storage, close: () => storage.close() }
+}
+
+/** Refuses what no read command takes: --url with --db/--mysql, a bad --log-level (they log nothing, but it is still bad input). */
+function checkSourceFlags(parsed: Parsed, io: CliIo): void {
+  if (
+    stringOption(parsed, 'url') !== undefined &&
+    (stringOption(parsed, 'db') !== undefined || stringOption(parsed, 'mysql') !== undefined)
+  ) {
+    throw new InvalidInputError('give either --url or --db/--mysql, not both')
+  }
+  cliLogger(io, stringOption(parsed, 'log-level'))
 }
 
 /** A word for a shell command line, quoted when it needs to be. */
@@ -107,7 +117,7 @@ function sourceArgs(parsed: Parsed): string {
 }
 
 async function withSource(parsed: Parsed, io: CliIo, work: (source: Source) => Promise<number>): Promise<number> {
-  cliLogger(io, stringOption(parsed, 'log-level')) // the read commands log nothing, but a bad level is still bad input
+  checkSourceFlags(parsed, io)
   const source = await openSource(parsed, io)
   try {
     return await work(source)
@@ -215,10 +225,7 @@ export function eventsCommand(parsed: Parsed, io: CliIo): Promise<number> {
   }
   const url = stringOption(parsed, 'url')
   if (follow && url !== undefined && node === undefined) {
-    if (stringOption(parsed, 'db') !== undefined || stringOption(parsed, 'mysql') !== undefined) {
-      throw new InvalidInputError('give either --url or --db/--mysql, not both')
-    }
-    cliLogger(io, stringOption(parsed, 'log-level'))
+    checkSourceFlags(parsed, io)
     const token = stringOption(parsed, 'token') ?? io.env.STOVEPIPE_TOKEN
     const onReconnect = (error: unknown, delayMs: number): void => {
       io.stderr.write(
