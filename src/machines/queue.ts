@@ -17,6 +17,8 @@
  *   so a timer per request, or per busy queue, made each request's end cost a scan of all.
  * - `request.recorded`: release the slot, and move last green forward if the request is
  *   green and newer than the current one (never backwards).
+ * - `request.lost` (a request failed and its end could not be stored): its actor is gone,
+ *   but it keeps its slot until the lease expires (its row resumes at the next start).
  *
  * Pure: time comes in events (`at`); the runtime hears of every change
  * (the `changed` action) and persists the snapshot (context, no children) with a CAS write
@@ -26,7 +28,7 @@
  */
 import { assign, enqueueActions, sendTo, setup, type ActorRefFrom, type AnyActorRef, type SnapshotFrom } from 'xstate'
 import { TIMER_SERVICE, type TimerDueEvent, type TimerServiceEvent } from '../actors/timer-service.js'
-import { requestMachine, type RequestContext, type RequestReport } from './request.js'
+import { pastDeadlineAt, requestMachine, type RequestContext, type RequestReport } from './request.js'
 
 /** A queue's configuration. */
 export interface QueueConfig {
@@ -58,7 +60,12 @@ export interface QueueLastGreen {
 export interface InFlight {
   n: number
   uri: string
-  state: 'accepted' | 'superseding' | 'processing'
+  /**
+   * `lost`: its actor failed and its end could not be stored (it resumes from its row at the
+   * next start). It keeps its slot until the lease expires: its row still says processing, so
+   * a restart would resume it next to whatever took the slot.
+   */
+  state: 'accepted' | 'superseding' | 'processing' | 'lost'
   /** While it holds a slot: when the slot's lease expires (epoch ms); otherwise null. */
   leaseUntil: number | null
   /** In processing until its deadline has been told (`DEADLINE`): the deadline (epoch ms); otherwise null. */
@@ -216,10 +223,13 @@ export const queueMachine = setup({
       const superseding: string[] = []
       for (const resumed of event.requests) {
         const state = resumed.step === 'accepted' ? (resumed.n < newest ? 'superseding' : 'accepted') : 'processing'
-        // Deadlines are stored as absolute times (one that passed while the runtime was down
-        // fires at once), and a request in processing holds its slot, leased as when it started.
-        const deadlineAt = state === 'processing' ? resumed.deadlineAt : null
-        const leaseUntil = deadlineAt === null ? null : deadlineAt + context.config.leaseGraceMs
+        // Deadlines are stored as absolute times, and a request in processing holds its slot,
+        // leased as when it started. One whose deadline passed while the runtime was down (or
+        // before its end was stored) concludes as it resumes, without building (see
+        // pastDeadlineAt): it is not told DEADLINE; its lease, if expired, is released at once.
+        const due = state === 'processing' ? resumed.deadlineAt : null
+        const leaseUntil = due === null ? null : due + context.config.leaseGraceMs
+        const deadlineAt = due !== null && pastDeadlineAt(resumed, event.at) ? null : due
         requests[resumed.id] = { n: resumed.n, uri: resumed.uri, state, leaseUntil, deadlineAt }
         if (state === 'superseding') superseding.push(resumed.id)
       }
@@ -228,7 +238,7 @@ export const queueMachine = setup({
       // requests made k copies of up to k children (quadratic) where it now makes one.
       enqueue.assign(({ spawn }) => {
         for (const resumed of event.requests)
-          spawn('request', { id: requestActorId(resumed.id), input: { kind: 'resume', context: resumed } })
+          spawn('request', { id: requestActorId(resumed.id), input: { kind: 'resume', context: resumed, at: event.at } })
         // The superseded are counted when they end superseded (request.ended), as after an ingest.
         return { requests, dueAt: nextDueAt(requests) }
       })
@@ -304,6 +314,8 @@ export const queueMachine = setup({
         return
       const ended = context.requests[event.id]
       const requests = copyOf(context.requests, event.id)
+      // A lost request holding a slot keeps it, leased, until the lease expires (see InFlight).
+      if (event.type === 'request.lost' && ended?.leaseUntil != null) requests[event.id] = { ...ended, state: 'lost', deadlineAt: null }
       // The earliest due time changes only when it was this request's.
       const dueAt =
         ended !== undefined && (ended.leaseUntil === context.dueAt || ended.deadlineAt === context.dueAt)
@@ -326,7 +338,7 @@ export const queueMachine = setup({
       enqueue.assign({ requests, dueAt, stats, lastGreen })
     }),
     cancel: enqueueActions(({ enqueue, context, event }) => {
-      if (event.type !== 'cancel' || context.requests[event.id] === undefined) return
+      if (event.type !== 'cancel' || context.requests[event.id] === undefined || context.requests[event.id]?.state === 'lost') return
       enqueue.sendTo(requestActorId(event.id), { type: 'CANCEL', at: event.at })
     }),
     /**
@@ -336,14 +348,23 @@ export const queueMachine = setup({
     expire: enqueueActions(({ enqueue, context }) => {
       const due = context.dueAt
       if (due === null) return
-      const requests = copyOf(context.requests)
+      // A copy (as copyOf makes it) without the lost requests whose lease expired.
+      const requests = Object.create(null) as Record<string, InFlight>
       let expired = 0
-      for (const id in requests) {
-        const inFlight = requests[id] as InFlight
+      for (const id in context.requests) {
+        const inFlight = context.requests[id] as InFlight
         const { deadlineAt, leaseUntil } = inFlight
         const deadlinePassed = deadlineAt !== null && deadlineAt <= due
         const leaseExpired = leaseUntil !== null && leaseUntil <= due
-        if (!deadlinePassed && !leaseExpired) continue
+        if (inFlight.state === 'lost' && leaseExpired) {
+          // No actor to tell: its slot is free once the lease expires (a lost request has no deadline).
+          expired++
+          continue
+        }
+        if (!deadlinePassed && !leaseExpired) {
+          requests[id] = inFlight
+          continue
+        }
         requests[id] = { ...inFlight, deadlineAt: deadlinePassed ? null : deadlineAt, leaseUntil: leaseExpired ? null : leaseUntil }
         if (deadlinePassed) enqueue.sendTo(requestActorId(id), { type: 'DEADLINE', at: deadlineAt })
         if (leaseExpired) {

@@ -103,7 +103,36 @@ export interface RequestContext {
 /** Input of a new request, or of one resumed from storage. */
 export type RequestInput =
   | { kind: 'new'; id: string; queue: string; uri: string; n: number; version: number; createdAt: number; maxAttempts: number }
-  | { kind: 'resume'; context: RequestContext }
+  /**
+   * `at`: when the request resumes. A request resumed in planning or building whose deadline
+   * passed by then (the runtime was down, or its end was not stored before a stop) concludes
+   * at once, indeterminate, without starting its build again: see {@link pastDeadlineAt}.
+   */
+  | { kind: 'resume'; context: RequestContext; at?: number }
+
+/** The reason of a request whose deadline passed. */
+const DEADLINE_REASON = 'maxValidationMs passed'
+
+/**
+ * Whether a request resumed at `at` is past its deadline in a step the deadline interrupts
+ * (planning or building). The queue does not tell it `DEADLINE` (the request concludes as it
+ * resumes), and its build does not start again: its slot may have been given to another
+ * request meanwhile (the lease expired), so a new build would exceed `maxConcurrent`.
+ */
+export function pastDeadlineAt(context: RequestContext, at: number): boolean {
+  return (
+    (context.step === 'processing.planning' || context.step === 'processing.building') &&
+    context.deadlineAt !== null &&
+    context.deadlineAt <= at
+  )
+}
+
+/** The context a request starts from: new, or resumed (past its deadline: concluding indeterminate). */
+function initialContext(input: RequestInput): RequestContext {
+  if (input.kind === 'new') return newRequestContext(input)
+  if (input.at === undefined || !pastDeadlineAt(input.context, input.at)) return input.context
+  return { ...input.context, verdict: 'indeterminate', degree: null, reason: DEADLINE_REASON, attempt: 0 }
+}
 
 /** Events a request accepts. */
 export type RequestEvent =
@@ -398,7 +427,7 @@ export const requestMachine = setup({
       reason: `gave up after ${context.attempt + 1} attempt(s): ${describe((event as { error?: unknown }).error)}`,
       attempt: 0,
     })),
-    deadlinePassed: assign({ verdict: 'indeterminate' as const, degree: null, reason: 'maxValidationMs passed', attempt: 0 }),
+    deadlinePassed: assign({ verdict: 'indeterminate' as const, degree: null, reason: DEADLINE_REASON, attempt: 0 }),
     superseded: assign(({ event }) => (event.type === 'SUPERSEDE' ? { supersededBy: event.by, endedAt: event.at } : {})),
     cancelled: assign(({ event }) => (event.type === 'CANCEL' ? { endedAt: event.at, reason: 'cancelled' } : {})),
     ended: assign(({ event }) => {
@@ -430,12 +459,20 @@ export const requestMachine = setup({
   },
 }).createMachine({
   id: 'request',
-  context: ({ input }) => (input.kind === 'resume' ? input.context : newRequestContext(input)),
+  context: ({ input }) => initialContext(input),
   initial: 'boot',
   states: {
-    /** Routes a resumed request to the step it had persisted; new requests go to accepted. */
+    /**
+     * Routes a resumed request to the step it had persisted (or, past its deadline in planning
+     * or building, to concluding: see {@link initialContext}); new requests go to accepted.
+     */
     boot: {
       always: [
+        {
+          guard: ({ context }) =>
+            context.verdict === 'indeterminate' && (context.step === 'processing.planning' || context.step === 'processing.building'),
+          target: '#request.concluding',
+        },
         { guard: ({ context }) => context.step === 'processing.planning', target: '#request.processing.planning' },
         { guard: ({ context }) => context.step === 'processing.building', target: '#request.processing.building' },
         { guard: ({ context }) => context.step === 'processing.recording', target: '#request.processing.recording' },

@@ -1,10 +1,12 @@
 /**
- * The queue's one timer, as a property: random arrivals, endings, cancels and passing time
+ * The queue's one timer, as a property: random arrivals, endings, cancels, lost requests
+ * (their actor failed and their end could not be stored) and passing time
  * on a SimulatedClock, with stub requests that never end on their own and note what they
  * are told. Checks after every step that the queue holds a timer exactly while a lease is
  * held, that a request with a deadline holds a lease, that the queue's `dueAt` is the
  * earliest lease or deadline, that the gate holds; and that every started request hears
- * `DEADLINE` once, at its deadline, unless it ended first.
+ * `DEADLINE` once, at its deadline, unless it ended first; and that a lost request keeps its
+ * slot until its lease expires, and is told nothing more.
  */
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
@@ -17,6 +19,8 @@ type Command =
   | { kind: 'record'; pick: number; green: boolean }
   | { kind: 'end'; pick: number; state: 'superseded' | 'cancelled' }
   | { kind: 'cancel'; pick: number }
+  /** The request's actor failed and its end could not be stored (`request.lost`). */
+  | { kind: 'lose'; pick: number }
   | { kind: 'advance'; ms: number }
 
 const command: fc.Arbitrary<Command> = fc.oneof(
@@ -24,6 +28,7 @@ const command: fc.Arbitrary<Command> = fc.oneof(
   fc.record({ kind: fc.constant('record' as const), pick: fc.nat(), green: fc.boolean() }),
   fc.record({ kind: fc.constant('end' as const), pick: fc.nat(), state: fc.constantFrom('superseded' as const, 'cancelled' as const) }),
   fc.record({ kind: fc.constant('cancel' as const), pick: fc.nat() }),
+  fc.record({ kind: fc.constant('lose' as const), pick: fc.nat() }),
   fc.record({ kind: fc.constant('advance' as const), ms: fc.integer({ min: 0, max: 3_000 }) }),
 )
 
@@ -58,6 +63,8 @@ function run(config: QueueConfig, commands: Command[]): void {
   const ended = new Map<string, number>()
   /** The cancels the test sent (the queue forwards each as a CANCEL). */
   const cancels: { id: string; at: number }[] = []
+  /** Requests lost while holding a slot, with their lease: they keep the slot until then. */
+  const lost = new Map<string, number>()
   let n = 0
 
   /**
@@ -86,11 +93,16 @@ function run(config: QueueConfig, commands: Command[]): void {
     const timers = Object.keys(actor.system.getSnapshot()._scheduledEvents)
     expect(timers).toHaveLength(held.length > 0 ? 1 : 0)
     expect(value).toEqual({ active: held.length > 0 ? 'timed' : 'idle' })
+    for (const [id, lease] of lost) {
+      if (clock.now() < lease) expect(leases(context)[id], `${id} lost, leased until ${lease}`).toBe(lease)
+      else expect(context.requests[id], `${id} lost, lease expired at ${lease}`).toBeUndefined()
+    }
   }
 
   const pick = (index: number, state?: string): string | undefined => {
     const ids = Object.entries(actor.getSnapshot().context.requests)
-      .filter(([, r]) => state === undefined || r.state === state)
+      // A lost request has no actor any more: nothing ends, cancels or loses it again.
+      .filter(([, r]) => (state === undefined ? r.state !== 'lost' : r.state === state))
       .map(([id]) => id)
     return ids.length === 0 ? undefined : ids[index % ids.length]
   }
@@ -119,6 +131,14 @@ function run(config: QueueConfig, commands: Command[]): void {
       if (id !== undefined) {
         ended.set(id, at)
         actor.send({ type: 'request.ended', id, n: Number(id.split('/')[2]), state: step.state, at })
+      }
+    } else if (step.kind === 'lose') {
+      const id = pick(step.pick)
+      if (id !== undefined) {
+        ended.set(id, at)
+        const lease = actor.getSnapshot().context.requests[id]?.leaseUntil
+        if (lease !== null && lease !== undefined) lost.set(id, lease)
+        actor.send({ type: 'request.lost', id, at })
       }
     } else if (step.kind === 'cancel') {
       const id = pick(step.pick)

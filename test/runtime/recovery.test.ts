@@ -54,6 +54,8 @@ describe('recovery', () => {
     const done = await w.run(main.waitFor(id), 1)
     expect(done).toMatchObject({ verdict: 'indeterminate', reason: 'maxValidationMs passed' })
     expect(w.clock.now() - before).toBeLessThan(50)
+    // It concludes as it resumes: its build does not start again only to be aborted.
+    expect(w.builder.builds.map((b) => b.requestId)).toEqual([id])
   })
 
   it('keeps a deadline that has not passed: the resumed request gets only the time left', async () => {

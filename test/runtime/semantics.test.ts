@@ -729,10 +729,17 @@ describe('failures', () => {
     expect(await w.run(other.waitFor(id))).toMatchObject({ state: 'recorded', verdict: 'green' })
   })
 
-  it('a request whose failure cannot be recorded leaves the queue (slot freed), its waiters rejected; it resumes at the next start', async () => {
+  it('a request whose failure cannot be recorded leaves the queue, its waiters rejected, but keeps its slot until its lease expires; it resumes at the next start', async () => {
     let brokenGets = false
+    // The most builds running at once, seen at each build's start.
+    let most = 0
     const w = await world({
-      builder: { durationMs: 1_000 },
+      builder: {
+        durationMs: () => {
+          most = Math.max(most, w.builder.running() + 1)
+          return 1_000
+        },
+      },
       wrap: (inner) => ({
         ...inner,
         requests: {
@@ -741,7 +748,8 @@ describe('failures', () => {
         },
       }),
     })
-    const main = await w.run(w.sp.queue('main', ref))
+    const config = { ...ref, maxValidationMs: 5_000, leaseGraceMs: 1_000 }
+    let main = await w.run(w.sp.queue('main', config))
     w.sc.commit('main', 'a1')
     const { id } = await w.run(main.ingest())
     await driveUntil(w.clock, () => w.builder.running() === 1)
@@ -754,17 +762,55 @@ describe('failures', () => {
     await driveUntil(w.clock, () => waiter.settled)
     expect(waiter.error).toBeInstanceOf(StorageFailedError)
     expect((waiter.error as Error).message).toContain('resumes at the next start')
-    expect(main.inFlight()).toEqual([])
     brokenGets = false
     await expect(w.run(main.waitFor(id))).rejects.toBeInstanceOf(StorageFailedError)
-    // The slot is free: the next head is validated.
+    await expect(w.run(main.cancel(id))).rejects.toBeInstanceOf(StorageFailedError)
+    // Its row still says processing (a restart resumes it): it keeps its slot, so the next
+    // head waits rather than building next to it after a restart.
+    expect(main.inFlight()).toEqual([{ id, n: 1, uri: 'fake://a1', state: 'lost' }])
     w.sc.commit('main', 'a2')
     const next = await w.run(main.ingest())
+    await w.run(settle(), 100)
+    expect(main.inFlight().map((r) => [r.id, r.state])).toEqual([
+      [id, 'lost'],
+      [next.id, 'accepted'],
+    ])
+    // A restart before the lease expires resumes it, holding its slot; the next head still waits.
+    let sp = await w.restart()
+    main = await w.run(sp.queue('main'))
+    expect(await w.run(main.waitFor(id))).toMatchObject({ state: 'recorded', verdict: 'green' })
     expect(await w.run(main.waitFor(next.id))).toMatchObject({ state: 'recorded', verdict: 'green' })
-    // The next start resumes the lost request from its row.
-    const sp = await w.restart()
-    const resumed = await w.run((await w.run(sp.queue('main'))).waitFor(id))
-    expect(resumed.state).toBe('recorded')
+    expect(most).toBe(1)
+
+    // Lost again, and this time the lease expires: the slot is freed then (counted as an expiry).
+    w.sc.commit('main', 'a3')
+    const third = await w.run(main.ingest())
+    await driveUntil(w.clock, () => w.builder.running() === 1)
+    const thirdRow = await w.storage.requests.get(third.id)
+    const thirdDeadline = (thirdRow.data as { context: { deadlineAt: number } }).context.deadlineAt
+    await w.storage.requests.update({ ...thirdRow, state: 'processing' }, thirdRow.version, thirdRow.version + 5)
+    brokenGets = true
+    await expect(w.run(main.waitFor(third.id))).rejects.toBeInstanceOf(StorageFailedError)
+    brokenGets = false
+    w.sc.commit('main', 'a4')
+    const fourth = await w.run(main.ingest())
+    const expiries = main.stats().leaseExpiries
+    await driveUntil(w.clock, () => main.inFlight().every((r) => r.state !== 'lost'))
+    expect(w.clock.now()).toBeGreaterThanOrEqual(thirdDeadline + config.leaseGraceMs)
+    expect(main.stats().leaseExpiries).toBe(expiries + 1)
+    expect(await w.run(main.waitFor(fourth.id))).toMatchObject({ state: 'recorded', verdict: 'green' })
+    // The next start resumes the lost request from its row: its deadline has passed, so it
+    // concludes indeterminate without building again (its slot was given to another).
+    const builds = w.builder.builds.length
+    sp = await w.restart()
+    main = await w.run(sp.queue('main'))
+    expect(await w.run(main.waitFor(third.id))).toMatchObject({
+      state: 'recorded',
+      verdict: 'indeterminate',
+      reason: 'maxValidationMs passed',
+    })
+    expect(w.builder.builds.length).toBe(builds)
+    expect(most).toBe(1)
   })
 
   it('stops the runtime when an actor it cannot do without fails, rejecting waiters with the cause', async () => {
