@@ -133,11 +133,13 @@ function isThisWrite(stored: RequestRecord, record: RequestRecord): boolean {
 }
 
 /**
- * Writes the request at `step` with CAS from `context.version`. Only the request's own
- * actor writes its row, so a mismatch can only come from its own earlier write: this very
- * write, applied once already (a lost acknowledgement: done), or one the machine did not
- * wait for (it left the state meanwhile): then the row is re-read and the write redone on
- * top, unless the row is already final.
+ * Writes the request at `step` with CAS from `context.version`, and resolves with the row as
+ * stored. Only the request's own actor writes its row, so a mismatch can only come from its
+ * own earlier write: this very write, applied once already (a lost acknowledgement: done),
+ * or one the machine did not wait for (it left the state meanwhile): then the row is re-read
+ * and the write redone on top, unless the row is already final. A final write that finds
+ * the row already in that final state (an earlier attempt applied, its acknowledgement
+ * lost) resolves with the stored row, whose outcome may differ from this write's.
  */
 export async function persistStep(
   deps: RequestServiceDeps,
@@ -146,7 +148,7 @@ export async function persistStep(
   state: RequestState,
   extra: Partial<RequestContext> = {},
   outbox: readonly WriteOp[] = [],
-): Promise<number> {
+): Promise<RequestRecord> {
   let oldVersion = context.version
   for (let tries = 0; ; tries++) {
     const next = { ...context, ...extra }
@@ -160,7 +162,7 @@ export async function persistStep(
     if (result === undefined) throw new StorageFailedError(`no result persisting ${context.id}`)
     if (result.status === 'ok') {
       deps.committed(record)
-      return oldVersion + 1
+      return record
     }
     if (result.status === 'dead_lettered') throw writeFailure(result, `request ${context.id} at ${step}`)
     const stored = await deps.storage.requests.get(context.id).catch(() => undefined)
@@ -168,14 +170,14 @@ export async function persistStep(
     // it had written: the write is done.
     if (stored !== undefined && isThisWrite(stored, record)) {
       deps.committed(stored)
-      return oldVersion + 1
+      return stored
     }
     // An earlier attempt of this final write applied, and its acknowledgement was lost (the
     // writer then gave up on it, and the machine retried with a context changed since): the
     // request ended so. Only its own actor writes its row while it runs.
     if (stored !== undefined && stored.version > oldVersion && stored.state === state && FINAL_REQUEST_STATES.includes(state)) {
       deps.committed(stored)
-      return stored.version
+      return stored
     }
     if (tries > 0 || stored === undefined || stored.version <= oldVersion || FINAL_REQUEST_STATES.includes(stored.state)) {
       throw new VersionMismatchError(
@@ -183,6 +185,21 @@ export async function persistStep(
       )
     }
     oldVersion = stored.version
+  }
+}
+
+/** The outcome a recorded row stores, or undefined when the row is not recorded. */
+export function recordedOutput(row: RequestRecord): RecordOutput | undefined {
+  const stored = (row.data as { context?: RequestContext } | undefined)?.context
+  if (row.state !== 'recorded' || stored === undefined) return undefined
+  const { verdict, degree, reason, factWritten, endedAt } = stored
+  return {
+    verdict: verdict ?? 'indeterminate',
+    degree,
+    reason,
+    factWritten: factWritten ?? false,
+    version: row.version,
+    at: endedAt ?? row.updatedAt,
   }
 }
 
@@ -199,7 +216,7 @@ export async function existingFact(storage: Storage, queue: string, uri: string)
 /** The work of the step service (see {@link stepService}), one async function per kind. */
 export function stepWork(deps: RequestServiceDeps): StepWorkers {
   const persist = async (input: PersistInput): Promise<PersistOutput> => {
-    const version = await persistStep(deps, input.context, input.step, input.state)
+    const { version } = await persistStep(deps, input.context, input.step, input.state)
     return { version, step: input.step }
   }
 
@@ -208,7 +225,7 @@ export function stepWork(deps: RequestServiceDeps): StepWorkers {
     // A resumed request's row is already at its step (a restart of 100 000 requests would
     // otherwise rewrite every row before any work restarts).
     if (step === 'concluding' || resumed) return context
-    const version = await persistStep(deps, context, step, stateOfStep(step))
+    const { version } = await persistStep(deps, context, step, stateOfStep(step))
     return { ...context, version, step }
   }
 
@@ -241,18 +258,20 @@ export function stepWork(deps: RequestServiceDeps): StepWorkers {
    */
   const recordedBefore = async (id: string): Promise<RecordOutput | undefined> => {
     const row = await deps.storage.requests.get(id).catch(() => undefined)
-    const stored = (row?.data as { context?: RequestContext } | undefined)?.context
-    if (row?.state !== 'recorded' || stored === undefined) return undefined
-    deps.committed(row)
-    const { verdict, degree, reason, factWritten, endedAt } = stored
-    return {
-      verdict: verdict ?? 'indeterminate',
-      degree,
-      reason,
-      factWritten: factWritten ?? false,
-      version: row.version,
-      at: endedAt ?? row.updatedAt,
-    }
+    const output = row === undefined ? undefined : recordedOutput(row)
+    if (row !== undefined && output !== undefined) deps.committed(row)
+    return output
+  }
+
+  /** Writes the recorded row; resolves with the outcome as stored (an earlier attempt's, when it had applied). */
+  const writeRecorded = async (
+    context: RequestContext,
+    extra: Partial<RequestContext> & Pick<RecordOutput, 'verdict' | 'degree' | 'reason' | 'factWritten'> & { endedAt: number },
+    outbox: readonly WriteOp[] = [],
+  ): Promise<RecordOutput> => {
+    const row = await persistStep(deps, context, 'recorded', 'recorded', extra, outbox)
+    const { verdict, degree, reason, factWritten, endedAt } = extra
+    return recordedOutput(row) ?? { verdict, degree, reason, factWritten, version: row.version, at: endedAt }
   }
 
   const record = async (input: StepInput): Promise<RecordOutput> => {
@@ -271,8 +290,9 @@ export function stepWork(deps: RequestServiceDeps): StepWorkers {
     if (verdict === 'indeterminate' || degree === null) {
       const outcome = { verdict: 'indeterminate' as const, degree: null, reason }
       const outbox = deps.verdictOutbox(verdictPayload(context, outcome, at))
-      const version = await persistStep(deps, context, 'recorded', 'recorded', { ...outcome, factWritten: false, endedAt: at }, outbox)
-      return { ...outcome, factWritten: false, version, at }
+      // An earlier attempt that applied (its acknowledgement lost) may have recorded a verdict:
+      // that one stands.
+      return writeRecorded(context, { ...outcome, factWritten: false, endedAt: at }, outbox)
     }
     // The verdict an existing fact for this commit imposes (first writer wins).
     const judge = (existing: Fact | undefined): { verdict: Verdict; degree: number; reason: string | null; factWritten: boolean } => {
@@ -310,7 +330,7 @@ export function stepWork(deps: RequestServiceDeps): StepWorkers {
     if (whole === undefined || row === undefined) throw new StorageFailedError(`no result recording ${context.id}`)
     if (outbox.length > 0) outboxOutcome(deps, results.slice(facts.length, -1), `hook notification of ${context.id}`)
     if (whole.status === 'dead_lettered') throw writeFailure(whole, `fact of ${context.id}`)
-    let version = oldVersion + 1
+    const version = oldVersion + 1
     if (row.status === 'dead_lettered') throw writeFailure(row, `request ${context.id}`)
     const existing = whole.status === 'already_exists' ? whole.fact : undefined
     // Without a prior read (no hooks), or when a fact appeared between the read and the write.
@@ -323,13 +343,9 @@ export function stepWork(deps: RequestServiceDeps): StepWorkers {
       )
     }
     const extra = { ...final, endedAt: at }
-    if (row.status !== 'ok') {
-      version = await persistStep(deps, context, 'recorded', 'recorded', extra)
-    } else if (late && (existing.requestId !== context.id || existing.degree !== context.degree)) {
-      version = await persistStep(deps, { ...next, version }, 'recorded', 'recorded', extra)
-    } else {
-      deps.committed(recorded)
-    }
+    if (row.status !== 'ok') return writeRecorded(context, extra)
+    if (late && (existing.requestId !== context.id || existing.degree !== context.degree)) return writeRecorded({ ...next, version }, extra)
+    deps.committed(recorded)
     return { ...final, version, at }
   }
 
@@ -492,7 +508,9 @@ export function buildService(deps: RequestServiceDeps) {
       running.set(context.id, build)
       // A resumed request's row is already at the build step: build at once (after this
       // message, like any build: never inside the service's own step).
-      const stored = resumed ? Promise.resolve(context.version) : persistStep(deps, context, 'processing.building', 'processing')
+      const stored = resumed
+        ? Promise.resolve(context.version)
+        : persistStep(deps, context, 'processing.building', 'processing').then((row) => row.version)
       stored.then(
         (version) => {
           run(build, context, version)

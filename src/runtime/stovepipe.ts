@@ -50,6 +50,7 @@ import {
   buildService,
   existingFact,
   outboxOutcome,
+  recordedOutput,
   requestRecord,
   stepService,
   verdictPayload,
@@ -355,7 +356,10 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     },
   })
 
-  /** A request actor failed for good (its final write was refused): log it and record it indeterminate. */
+  /**
+   * A request actor failed for good (its final write was refused): log it and record it
+   * indeterminate, unless its row has ended already (then the queue hears that end).
+   */
   const salvage = async (queue: string, id: string, error: unknown): Promise<void> => {
     metrics.childFailures.inc({ queue })
     logger.error({ err: error, queue, requestId: id }, 'request actor failed; recording it indeterminate')
@@ -388,9 +392,17 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
         if (outbox.length > 0) outboxOutcome({ logger, outboxWritten }, results.slice(0, -1), `hook notification of ${id}`)
         const result = results[results.length - 1]
         if (result?.status !== 'ok') throw new Error(`salvage write: ${result?.status ?? 'no result'}`)
+        host?.actor.send({ type: 'request.salvaged', id, n, uri: row.uri, at: now() })
+        host?.notify(id, 'recorded')
+        return
       }
-      host?.actor.send({ type: 'request.salvaged', id, n, uri: row.uri, at: now() })
-      host?.notify(id, 'recorded')
+      // The row had ended already (an earlier write applied, or someone else ended it): the
+      // queue hears the end the row stores, and counts that.
+      const recorded = recordedOutput(row)
+      if (recorded !== undefined)
+        host?.actor.send({ type: 'request.recorded', id, n, uri: row.uri, verdict: recorded.verdict, at: recorded.at })
+      else host?.actor.send({ type: 'request.ended', id, n, state: row.state as 'superseded' | 'cancelled', at: now() })
+      host?.notify(id, row.state)
     } catch (salvageError) {
       logger.error({ err: salvageError, queue, requestId: id }, 'could not salvage a failed request; it resumes at the next start')
       host?.lose(

@@ -180,8 +180,14 @@ describe('ingest', () => {
     })
   }
 
-  for (const ending of ['recorded', 'cancelled'] as const) {
-    it(`a final write that applied, lost its acknowledgement and was then given up by the writer still ends the request ${ending}`, async () => {
+  for (const [ending, maxAttempts] of [
+    ['recorded', 3],
+    ['recorded', 1],
+    ['cancelled', 3],
+  ] as const) {
+    it(`a final write that applied, lost its acknowledgement and was then given up by the writer still ends the request ${ending} (maxAttempts ${maxAttempts})`, async () => {
+      // With no attempt left, the request concludes (indeterminate) instead of retrying the
+      // step: that write finds the row recorded green, and the request ends green all the same.
       // The machine retries the step with a context changed since (attempt, time): the row it
       // finds is not that write, but it is in the state the request was ending in.
       let phase: 'idle' | 'lose' | 'down' | 'up' = ending === 'recorded' ? 'lose' : 'idle'
@@ -207,7 +213,7 @@ describe('ingest', () => {
           },
         }),
       })
-      const main = await w.run(w.sp.queue('main', ref))
+      const main = await w.run(w.sp.queue('main', { ...ref, maxAttempts }))
       w.sc.commit('main', 'a1')
       const { id } = await w.run(main.ingest())
       if (ending === 'cancelled') {
@@ -664,6 +670,8 @@ describe('failures', () => {
     await w.storage.requests.update({ ...row, state: 'cancelled' }, row.version, row.version + 1)
     await driveUntil(w.clock, () => main.inFlight().length === 0)
     expect((await w.run(w.sp.request(id))).state).toBe('cancelled')
+    // Counted as the row ended (cancelled), not as a verdict it does not have.
+    expect(main.stats()).toMatchObject({ cancelled: 1, indeterminate: 0 })
     expect(lines.some((line) => line.includes('request actor failed'))).toBe(true)
     expect(await w.sp.registry.getSingleMetricAsString('stovepipe_request_failures_total')).toContain('queue="main"} 1')
     w.sc.commit('main', 'a2')
