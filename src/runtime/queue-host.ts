@@ -470,7 +470,8 @@ export class QueueHost implements QueueHandle {
     }
     // The queue failed meanwhile: its actor takes no requests; the row resumes at the next start.
     this.refuseIfFailed()
-    this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })
+    // Stopped meanwhile: the request is stored (this ingest is acknowledged) and resumes at the next start.
+    if (this.deps.stopped() === undefined) this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })
     this.deps.onIngest(false)
     return { id, uri, deduplicated: false }
   }
@@ -503,7 +504,8 @@ export class QueueHost implements QueueHandle {
     if (result?.status !== 'ok' && result?.status !== 'already_exists')
       throw writeFailure(result ?? { status: 'not_found' }, `healing ${id}`)
     this.deps.logger.warn({ queue: this.name, requestId: id, uri }, 'healed a request whose row was missing')
-    if (result.status === 'ok') this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })
+    if (result.status === 'ok' && this.deps.stopped() === undefined)
+      this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })
   }
 
   async waitFor(id: string, state: RequestState = 'recorded'): Promise<RequestView> {

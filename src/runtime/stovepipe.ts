@@ -79,7 +79,11 @@ export interface StovepipeOptions {
   eventLog?: Omit<EventLogOptions, 'storage' | 'writer' | 'clock' | 'logger' | 'registry' | 'nodeId'>
   /** Backoff between attempts of a failed step (defaults 1000 ms, doubling, capped at 30 000 ms). */
   retry?: { baseDelayMs?: number; maxDelayMs?: number }
-  /** Randomness for jitter (default Math.random). */
+  /**
+   * Randomness for every backoff jitter of the runtime: request retries, hook deliveries, and
+   * the writer's and event log's retries unless their own options set one (default
+   * Math.random). A seeded one makes a run on a SimulatedClock repeatable.
+   */
   random?: () => number
   /**
    * Told of every verdict (`onVerdict`) and every move of a queue's last green
@@ -241,6 +245,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     // linger would add its delay to every step; writes issued in the same tick still share
     // a commit with lingerMs 0 (the batch closes on the next turn of the event loop).
     lingerMs: 0,
+    random,
     ...options.writer,
     storage,
     clock,
@@ -248,7 +253,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     registry,
     name: options.writer?.name ?? `writer-${nodeId.replace(/[^A-Za-z0-9._-]/g, '-')}`,
   })
-  const events = await createEventLog({ ...options.eventLog, storage, writer, clock, logger, registry, nodeId })
+  const events = await createEventLog({ random, ...options.eventLog, storage, writer, clock, logger, registry, nodeId })
   // Hooks: delivered from the outbox by a dispatcher, started once recovery is done.
   const dispatcher: OutboxDispatcher | undefined =
     hooks.length === 0
