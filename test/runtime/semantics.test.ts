@@ -4,7 +4,7 @@
  */
 import { Writable } from 'node:stream'
 import { pino, type Logger } from 'pino'
-import { describe, expect, it } from 'vitest'
+import { describe, expect, it, vi } from 'vitest'
 import { SimulatedClock, type AnyActorRef } from 'xstate'
 import {
   createStovepipe,
@@ -938,6 +938,43 @@ describe('a runtime that stopped itself', () => {
     await w.run(w.sp.stop())
     expect(await w.storage.queues.get('main')).toEqual(before)
     await w.run(other.stop())
+  })
+})
+
+describe('an ingest under way at stop', () => {
+  it('whose request row commits after the stop began is acknowledged, tells the stopped queue nothing, and is validated at the next start', async () => {
+    let hold = false
+    let release = (): void => undefined
+    const w = await world({
+      wrap: (inner) => ({
+        ...inner,
+        commit: async (ops: readonly WriteOp[]) => {
+          if (hold && ops.some((op) => op.op === 'request.create')) {
+            hold = false
+            await new Promise<void>((resolve) => (release = resolve))
+          }
+          return inner.commit(ops)
+        },
+      }),
+    })
+    const main = await w.run(w.sp.queue('main', ref))
+    w.sc.commit('main', 'a1')
+    hold = true
+    const ingest = track(main.ingest())
+    await driveUntil(w.clock, () => !hold)
+    const warn = vi.spyOn(console, 'warn').mockImplementation(() => undefined)
+    try {
+      const stopping = track(w.sp.stop())
+      await settle()
+      release()
+      await driveUntil(w.clock, () => ingest.settled && stopping.settled)
+      expect(ingest.value).toEqual({ id: 'request/main/1', uri: 'fake://a1', deduplicated: false })
+      expect(warn).not.toHaveBeenCalled()
+    } finally {
+      warn.mockRestore()
+    }
+    const sp = await w.restart()
+    expect(await w.run((await w.run(sp.queue('main'))).waitFor('request/main/1'))).toMatchObject({ state: 'recorded', verdict: 'green' })
   })
 })
 
