@@ -273,7 +273,10 @@ class StorageStatusReader implements StatusReader {
     const stored = new Map(rows.map((row) => [row.id, describeRequest(row)]))
     const live = this.liveQueue(queue)
     if (live !== undefined) {
-      return live.inFlight().map((r) => ({ id: r.id, n: r.n, uri: r.uri, state: r.state, step: stored.get(r.id)?.step ?? null }))
+      // A lost request's row is at a step it is no longer in (it resumes from there at the next start).
+      return live
+        .inFlight()
+        .map((r) => ({ id: r.id, n: r.n, uri: r.uri, state: r.state, step: r.state === 'lost' ? null : (stored.get(r.id)?.step ?? null) }))
     }
     return [...stored.values()].map((v) => ({ id: v.id, n: v.n, uri: v.uri, state: v.state, step: v.step }))
   }

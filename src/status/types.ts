@@ -24,9 +24,13 @@ export interface InFlightRequest {
   id: string
   n: number
   uri: string
-  /** `accepted` or `processing` (`superseding` while the queue coalesces it, live readers only). */
+  /**
+   * `accepted` or `processing`; live readers only: `superseding` while the queue coalesces it,
+   * `lost` when its actor failed and its end could not be stored (it holds its slot until its
+   * lease expires, and resumes at the next start).
+   */
   state: string
-  /** The step persisted, e.g. `processing.building`; null when not known. */
+  /** The step persisted, e.g. `processing.building`; null when not known, and for a `lost` request. */
   step: string | null
 }
 

@@ -16,6 +16,7 @@ import {
   StorageUnavailableError,
   type WriteOp,
 } from '../../src/index.js'
+import { createLiveStatusReader } from '../../src/status/index.js'
 import { driveUntil, settle, track } from '../support/drive.js'
 import { world } from '../support/runtime.js'
 import { leases } from '../support/queue.js'
@@ -776,6 +777,9 @@ describe('failures', () => {
     // Its row still says processing (a restart resumes it): it keeps its slot, so the next
     // head waits rather than building next to it after a restart.
     expect(main.inFlight()).toEqual([{ id, n: 1, uri: 'fake://a1', state: 'lost' }])
+    // Status shows it lost, not at the step its row still names.
+    const status = await w.run(createLiveStatusReader(w.sp, w.storage).queue('main'))
+    expect(status.inFlight).toEqual([{ id, n: 1, uri: 'fake://a1', state: 'lost', step: null }])
     w.sc.commit('main', 'a2')
     const next = await w.run(main.ingest())
     await w.run(settle(), 100)
