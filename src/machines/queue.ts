@@ -68,7 +68,11 @@ export interface InFlight {
   state: 'accepted' | 'superseding' | 'processing' | 'lost'
   /** While it holds a slot: when the slot's lease expires (epoch ms); otherwise null. */
   leaseUntil: number | null
-  /** In processing until its deadline has been told (`DEADLINE`): the deadline (epoch ms); otherwise null. */
+  /**
+   * In processing until its deadline has been told (`DEADLINE`): the deadline (epoch ms);
+   * otherwise null (also for a lost request, and for one resumed past its deadline, which
+   * concludes as it resumes).
+   */
   deadlineAt: number | null
 }
 
@@ -140,7 +144,10 @@ export type QueueEvent =
   | { type: 'cancel'; id: string; at: number }
   | { type: 'config'; config: QueueConfig; at: number }
   | { type: 'request.salvaged'; id: string; n: number; uri: string; at: number }
-  /** A failed request that could not be recorded: it leaves the queue uncounted (its row resumes at the next start). */
+  /**
+   * A failed request that could not be recorded: uncounted, its actor gone, it keeps its slot
+   * (if it held one) as `lost` until the lease expires; its row resumes at the next start.
+   */
   | { type: 'request.lost'; id: string; at: number }
   /** After a restart: the requests still in flight, as persisted (their leases are in the context). */
   | { type: 'resume'; requests: RequestContext[]; at: number }

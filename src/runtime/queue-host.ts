@@ -610,9 +610,10 @@ export class QueueHost implements QueueHandle {
   }
 
   /**
-   * A request actor failed and could not be recorded: it leaves the queue (freeing its slot)
-   * uncounted, its waiters are rejected, and so is any later wait for it until the next
-   * start resumes it from its row.
+   * A request actor failed and could not be recorded: it leaves the queue's work uncounted
+   * (holding its slot, if it had one, until the lease expires: see the queue machine), its
+   * waiters are rejected, and so is any later wait for or cancel of it until the next start
+   * resumes it from its row.
    */
   lose(id: string, error: Error): void {
     ;(this.lost ??= new Map()).set(id, error)

@@ -203,6 +203,62 @@ export function recordedOutput(row: RequestRecord): RecordOutput | undefined {
   }
 }
 
+/**
+ * The row of a request recorded green whose commit's whole-repository fact is not green,
+ * corrected as the fact says: red with the fact's degree, or indeterminate without a fact.
+ * (A green row is written in one commit with its fact, but the fact may be an older
+ * request's, first writer wins; the correction that follows may not have been written
+ * before a crash, or before the request retried or failed.) Undefined without a context.
+ */
+export function correctedRecord(row: RequestRecord, fact: Fact | undefined, at: number): RequestRecord | undefined {
+  const stored = (row.data as { context?: RequestContext } | undefined)?.context
+  if (stored === undefined) return undefined
+  const outcome =
+    fact === undefined
+      ? { verdict: 'indeterminate' as const, degree: null, reason: 'recorded green without a fact', factWritten: false }
+      : {
+          verdict: 'red' as const,
+          degree: fact.degree,
+          reason: fact.requestId === row.id ? stored.reason : `fact already recorded by ${fact.requestId}`,
+          factWritten: fact.requestId === row.id,
+        }
+  return requestRecord({ ...stored, ...outcome }, 'recorded', 'recorded', row.version + 1, at)
+}
+
+/**
+ * The outcome a recorded row stores, as its queue may count it, or undefined when the row is
+ * not recorded. A green row is checked against its commit's fact first and, when they
+ * disagree, corrected (CAS; see {@link correctedRecord}): an outcome adopted from an earlier
+ * attempt's write, or found by a salvage, never counts a commit green, nor moves last green
+ * to it, unless its fact is green. Tells `committed` of the row it returns the outcome of.
+ */
+export async function checkedOutcome(
+  deps: Pick<RequestServiceDeps, 'storage' | 'writer' | 'logger' | 'clock' | 'committed'>,
+  row: RequestRecord,
+): Promise<RecordOutput | undefined> {
+  const output = recordedOutput(row)
+  if (output === undefined) return undefined
+  const fact = output.verdict === 'green' ? await existingFact(deps.storage, row.queue, row.uri) : undefined
+  const corrected =
+    output.verdict === 'green' && fact?.degree !== 0 ? correctedRecord(row, fact, Math.max(0, Math.floor(deps.clock.now()))) : undefined
+  if (corrected === undefined) {
+    deps.committed(row)
+    return output
+  }
+  deps.logger.warn({ requestId: row.id, uri: row.uri, fact }, "a request recorded green disagrees with its commit's fact; corrected")
+  const [result] = await deps.writer.write([
+    { op: 'request.update', record: corrected, oldVersion: row.version, newVersion: row.version + 1 },
+  ])
+  if (result?.status === 'ok') {
+    deps.committed(corrected)
+    return recordedOutput(corrected)
+  }
+  // Written meanwhile (this correction, its acknowledgement lost; or another): check that row.
+  const again = result?.status === 'version_mismatch' ? await deps.storage.requests.get(row.id).catch(() => undefined) : undefined
+  if (again !== undefined && again.version > row.version) return checkedOutcome(deps, again)
+  throw writeFailure(result ?? { status: 'not_found' }, `the corrected verdict of ${row.id}`)
+}
+
 /** The whole-repository fact of a commit, or undefined when none was written yet. */
 export async function existingFact(storage: Storage, queue: string, uri: string): Promise<Fact | undefined> {
   try {
@@ -258,9 +314,7 @@ export function stepWork(deps: RequestServiceDeps): StepWorkers {
    */
   const recordedBefore = async (id: string): Promise<RecordOutput | undefined> => {
     const row = await deps.storage.requests.get(id).catch(() => undefined)
-    const output = row === undefined ? undefined : recordedOutput(row)
-    if (row !== undefined && output !== undefined) deps.committed(row)
-    return output
+    return row === undefined ? undefined : checkedOutcome(deps, row)
   }
 
   /** Writes the recorded row; resolves with the outcome as stored (an earlier attempt's, when it had applied). */
@@ -271,7 +325,12 @@ export function stepWork(deps: RequestServiceDeps): StepWorkers {
   ): Promise<RecordOutput> => {
     const row = await persistStep(deps, context, 'recorded', 'recorded', extra, outbox)
     const { verdict, degree, reason, factWritten, endedAt } = extra
-    return recordedOutput(row) ?? { verdict, degree, reason, factWritten, version: row.version, at: endedAt }
+    const stored = recordedOutput(row)
+    if (stored === undefined) return { verdict, degree, reason, factWritten, version: row.version, at: endedAt }
+    // This write, or an earlier attempt's that agrees with it: as written. Another outcome
+    // (an earlier attempt's, adopted) is checked against the commit's fact first.
+    if (stored.verdict === verdict && stored.degree === degree) return stored
+    return (await checkedOutcome(deps, row)) ?? stored
   }
 
   const record = async (input: StepInput): Promise<RecordOutput> => {

@@ -49,8 +49,9 @@ import { QueueHost, type QueueHandle, type QueueHostDeps } from './queue-host.js
 import {
   buildService,
   existingFact,
+  checkedOutcome,
+  correctedRecord,
   outboxOutcome,
-  recordedOutput,
   requestRecord,
   stepService,
   verdictPayload,
@@ -206,19 +207,9 @@ async function correctVerdict(
   row: RequestRecord,
   fact: Fact | undefined,
 ): Promise<void> {
-  const stored = (row.data as { context?: RequestContext } | undefined)?.context
   deps.logger.warn({ requestId: row.id, uri: row.uri, fact }, "a request recorded green disagrees with its commit's fact; corrected")
-  if (stored === undefined) return
-  const outcome =
-    fact === undefined
-      ? { verdict: 'indeterminate' as const, degree: null, reason: 'recorded green without a fact', factWritten: false }
-      : {
-          verdict: 'red' as const,
-          degree: fact.degree,
-          reason: fact.requestId === row.id ? stored.reason : `fact already recorded by ${fact.requestId}`,
-          factWritten: fact.requestId === row.id,
-        }
-  const record = requestRecord({ ...stored, ...outcome }, 'recorded', 'recorded', row.version + 1, deps.now())
+  const record = correctedRecord(row, fact, deps.now())
+  if (record === undefined) return
   const [result] = await deps.writer.write([{ op: 'request.update', record, oldVersion: row.version, newVersion: row.version + 1 }])
   if (result?.status !== 'ok') deps.logger.error({ requestId: row.id, status: result?.status }, 'the corrected verdict was not written')
 }
@@ -402,11 +393,18 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
         return
       }
       // The row had ended already (an earlier write applied, or someone else ended it): the
-      // queue hears the end the row stores, and counts that.
-      const recorded = recordedOutput(row)
-      if (recorded !== undefined)
-        host?.actor.send({ type: 'request.recorded', id, n, uri: row.uri, verdict: recorded.verdict, at: recorded.at })
-      else host?.actor.send({ type: 'request.ended', id, n, state: row.state as 'superseded' | 'cancelled', at: now() })
+      // queue hears the end the row stores (a green one checked against the commit's fact).
+      if (row.state === 'recorded') {
+        const recorded = await checkedOutcome(serviceDeps, row)
+        host?.actor.send({
+          type: 'request.recorded',
+          id,
+          n,
+          uri: row.uri,
+          verdict: recorded?.verdict ?? 'indeterminate',
+          at: recorded?.at ?? now(),
+        })
+      } else host?.actor.send({ type: 'request.ended', id, n, state: row.state as 'superseded' | 'cancelled', at: now() })
       host?.notify(id, row.state)
     } catch (salvageError) {
       logger.error({ err: salvageError, queue, requestId: id }, 'could not salvage a failed request; it resumes at the next start')

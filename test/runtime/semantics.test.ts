@@ -181,6 +181,52 @@ describe('ingest', () => {
     })
   }
 
+  /** The verdict a recorded-row write carries, if it is one. */
+  const verdictOf = (op: WriteOp): string | undefined =>
+    op.op === 'request.update' && op.record.state === 'recorded'
+      ? (op.record.data as { context: { verdict: string } }).context.verdict
+      : undefined
+
+  for (const [how, maxAttempts] of [
+    ['retried', 3],
+    ['concluding', 1],
+    ['salvaged', 1],
+  ] as const) {
+    it(`a green row left uncorrected (an older red fact wins) is never adopted as green (${how})`, async () => {
+      // The request's green row and its fact are one commit; the fact already exists (an older
+      // request's, red), so the row must be corrected to red, and that write fails once.
+      // Retried, concluding or salvaged, the request then finds its row recorded green.
+      let failCorrection = true
+      const w = await world({
+        builder: { durationMs: 1_000 },
+        runtime: { writer: { retry: { maxAttempts: 1, baseDelayMs: 10, maxDelayMs: 10 } } },
+        wrap: (inner) => ({
+          ...inner,
+          commit: async (ops: readonly WriteOp[]) => {
+            if (failCorrection && ops.some((op) => verdictOf(op) === 'red')) {
+              failCorrection = false
+              throw new StorageUnavailableError('down for the correction')
+            }
+            // Salvaged: the concluding write is refused, so the request actor fails.
+            if (how === 'salvaged' && ops.some((op) => verdictOf(op) === 'indeterminate')) throw new StorageFailedError('refused')
+            return inner.commit(ops)
+          },
+        }),
+      })
+      const main = await w.run(w.sp.queue('main', { ...ref, maxAttempts }))
+      await w.storage.facts.put({ queue: 'main', uri: 'fake://a1', project: '', degree: 1, requestId: 'request/main/99', at: 1 })
+      w.sc.commit('main', 'a1')
+      const { id } = await w.run(main.ingest())
+      const done = await w.run(main.waitFor(id))
+      expect(failCorrection).toBe(false)
+      expect(done).toMatchObject({ state: 'recorded', verdict: 'red', degree: 1, reason: 'fact already recorded by request/main/99' })
+      expect(main.lastGreen()).toBeUndefined()
+      expect(main.stats()).toMatchObject({ green: 0, red: 1, indeterminate: 0 })
+      const failures = await w.sp.registry.getSingleMetricAsString('stovepipe_request_failures_total')
+      expect(failures.includes('queue="main"} 1')).toBe(how === 'salvaged')
+    })
+  }
+
   for (const [ending, maxAttempts] of [
     ['recorded', 3],
     ['recorded', 1],
