@@ -18,7 +18,8 @@
  * - `request.recorded`: release the slot, and move last green forward if the request is
  *   green and newer than the current one (never backwards).
  * - `request.lost` (a request failed and its end could not be stored): its actor is gone,
- *   but it keeps its slot until the lease expires (its row resumes at the next start).
+ *   but it keeps its slot until the lease expires or its salvage, retried by the runtime,
+ *   succeeds (else its row resumes at the next start).
  *
  * Pure: time comes in events (`at`); the runtime hears of every change
  * (the `changed` action) and persists the snapshot (context, no children) with a CAS write
@@ -61,9 +62,10 @@ export interface InFlight {
   n: number
   uri: string
   /**
-   * `lost`: its actor failed and its end could not be stored (it resumes from its row at the
-   * next start). It keeps its slot until the lease expires: its row still says processing, so
-   * a restart would resume it next to whatever took the slot.
+   * `lost`: its actor failed and its end could not be stored (the runtime retries; else it
+   * resumes from its row at the next start). It keeps its slot until the lease expires or it
+   * ends: its row still says processing, so a restart would resume it next to whatever took
+   * the slot.
    */
   state: 'accepted' | 'superseding' | 'processing' | 'lost'
   /** While it holds a slot: when the slot's lease expires (epoch ms); otherwise null. */
@@ -146,7 +148,8 @@ export type QueueEvent =
   | { type: 'request.salvaged'; id: string; n: number; uri: string; at: number }
   /**
    * A failed request that could not be recorded: uncounted, its actor gone, it keeps its slot
-   * (if it held one) as `lost` until the lease expires; its row resumes at the next start.
+   * (if it held one) as `lost` until the lease expires, or until the runtime's salvage,
+   * retried, succeeds (`request.salvaged` or its stored end); else it resumes at the next start.
    */
   | { type: 'request.lost'; id: string; at: number }
   /** After a restart: the requests still in flight, as persisted (their leases are in the context). */

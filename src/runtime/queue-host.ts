@@ -528,13 +528,15 @@ export class QueueHost implements QueueHandle {
     // notify(), with the row it committed (or read then), so the row read below could only
     // say "wait". (The queue drops a request only once it has ended, and it ends inside the
     // actor system, never between this check and the waiter's registration above.)
-    if (
-      FINAL_REQUEST_STATES.includes(state) &&
-      this.failure === undefined &&
-      this.lost?.has(id) !== true &&
-      this.actor.getSnapshot().context.requests[id] !== undefined
-    )
-      return waiting
+    if (FINAL_REQUEST_STATES.includes(state) && this.failure === undefined) {
+      // A lost request ends only when its salvage succeeds (or at the next start): say so now.
+      const lost = this.lost?.get(id)
+      if (lost !== undefined) {
+        this.dropWaiter(id, waiter)
+        throw lost
+      }
+      if (this.actor.getSnapshot().context.requests[id] !== undefined) return waiting
+    }
     try {
       const row = await this.deps.storage.requests.get(id)
       // A final row of a request still in flight here: its actor has yet to report to the
@@ -612,13 +614,24 @@ export class QueueHost implements QueueHandle {
   /**
    * A request actor failed and could not be recorded: it leaves the queue's work uncounted
    * (holding its slot, if it had one, until the lease expires: see the queue machine), its
-   * waiters are rejected, and so is any later wait for or cancel of it until the next start
-   * resumes it from its row.
+   * waiters are rejected, and so is any later wait for or cancel of it until its salvage,
+   * tried again, succeeds ({@link found}) or the next start resumes it from its row.
    */
   lose(id: string, error: Error): void {
     ;(this.lost ??= new Map()).set(id, error)
     this.failWaiters(id, error)
     this.actor.send({ type: 'request.lost', id, at: Math.max(0, Math.floor(this.deps.clock.now())) })
+  }
+
+  /** Whether a request is lost (see {@link lose}). */
+  isLost(id: string): boolean {
+    return this.lost?.has(id) === true
+  }
+
+  /** A lost request was recorded after all (its salvage succeeded): waits for it read its row again. */
+  found(id: string): void {
+    this.lost?.delete(id)
+    if (this.lost?.size === 0) this.lost = undefined
   }
 
   /** Rejects who waits for a request (those waiting for a state `state` reaches; all without `state`). */
@@ -649,6 +662,9 @@ export class QueueHost implements QueueHandle {
   async cancel(id: string): Promise<CancelResult> {
     parseRequestId(id, this.name)
     this.checkOpen()
+    // A lost request is not cancelled: it is recorded once storage allows, or resumes at the next start.
+    const lost = this.lost?.get(id)
+    if (lost !== undefined) throw lost
     const row = await this.deps.storage.requests.get(id)
     const inFlight = this.actor.getSnapshot().context.requests[id]
     const step = (row.data as { step?: string } | undefined)?.step

@@ -352,13 +352,20 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     },
   })
 
+  /** Salvages waiting to be tried again (cancelled at stop). */
+  const salvageRetries = new Set<() => void>()
   /**
    * A request actor failed for good (its final write was refused): log it and record it
-   * indeterminate, unless its row has ended already (then the queue hears that end).
+   * indeterminate, unless its row has ended already (then the queue hears that end). When
+   * that cannot be written or read either, the request is lost (it keeps its slot, its
+   * waiters are rejected) and the salvage is tried again with backoff until it succeeds, which
+   * frees the slot, or the runtime stops (the next start resumes the request from its row).
    */
-  const salvage = async (queue: string, id: string, error: unknown): Promise<void> => {
-    metrics.childFailures.inc({ queue })
-    logger.error({ err: error, queue, requestId: id }, 'request actor failed; recording it indeterminate')
+  const salvage = async (queue: string, id: string, error: unknown, attempt = 0): Promise<void> => {
+    if (attempt === 0) {
+      metrics.childFailures.inc({ queue })
+      logger.error({ err: error, queue, requestId: id }, 'request actor failed; recording it indeterminate')
+    }
     const host = hosts.get(queue)
     try {
       const row = await storage.requests.get(id)
@@ -388,14 +395,16 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
         if (outbox.length > 0) outboxOutcome({ logger, outboxWritten }, results.slice(0, -1), `hook notification of ${id}`)
         const result = results[results.length - 1]
         if (result?.status !== 'ok') throw new Error(`salvage write: ${result?.status ?? 'no result'}`)
+        host?.found(id)
         host?.actor.send({ type: 'request.salvaged', id, n, uri: row.uri, at: now() })
         host?.notify(id, 'recorded')
         return
       }
       // The row had ended already (an earlier write applied, or someone else ended it): the
       // queue hears the end the row stores (a green one checked against the commit's fact).
+      const recorded = row.state === 'recorded' ? await checkedOutcome(serviceDeps, row) : undefined
+      host?.found(id)
       if (row.state === 'recorded') {
-        const recorded = await checkedOutcome(serviceDeps, row)
         host?.actor.send({
           type: 'request.recorded',
           id,
@@ -407,12 +416,35 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       } else host?.actor.send({ type: 'request.ended', id, n, state: row.state as 'superseded' | 'cancelled', at: now() })
       host?.notify(id, row.state)
     } catch (salvageError) {
-      logger.error({ err: salvageError, queue, requestId: id }, 'could not salvage a failed request; it resumes at the next start')
-      host?.lose(
-        id,
-        new StorageFailedError(`request ${id} failed and could not be recorded; it resumes at the next start`, { cause: salvageError }),
-      )
+      if (attempt === 0) {
+        logger.error(
+          { err: salvageError, queue, requestId: id },
+          'could not salvage a failed request; tried again until it can be recorded (or at the next start)',
+        )
+        host?.lose(
+          id,
+          new StorageFailedError(
+            `request ${id} failed and could not be recorded; it is recorded once storage allows, or resumes at the next start`,
+            {
+              cause: salvageError,
+            },
+          ),
+        )
+      } else logger.debug({ err: salvageError, queue, requestId: id, attempt }, 'salvage failed again')
+      salvageLater(queue, id, error, attempt + 1)
     }
+  }
+
+  /** Tries a failed salvage again after a backoff, while the request is still lost and the runtime runs. */
+  const salvageLater = (queue: string, id: string, error: unknown, attempt: number): void => {
+    if (stopping || hostDeps.stopped() !== undefined) return
+    const pause = sleep(clock, Math.max(1, backoffDelay(attempt, retryBase, retryMax, random)))
+    salvageRetries.add(pause.cancel)
+    void pause.done.then(() => {
+      salvageRetries.delete(pause.cancel)
+      if (stopping || hostDeps.stopped() !== undefined || hosts.get(queue)?.isLost(id) !== true) return
+      void salvage(queue, id, error, attempt)
+    })
   }
 
   const queue = queueMachine.provide({
@@ -579,6 +611,8 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     const left = (): number => Math.max(1, Math.ceil(deadlineMs - (clock.now() - started)))
     // Hook calls under way are aborted; what they did not deliver stays in the outbox for the next start.
     await dispatcher?.stop({ deadlineMs })
+    for (const cancel of salvageRetries) cancel()
+    salvageRetries.clear()
     rootActor.stop()
     for (const host of hosts.values()) host.rejectWaiters(fatal ?? new StoppedError('the runtime stopped'))
     const snapshotsLeft = sleep(clock, left())

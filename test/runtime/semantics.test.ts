@@ -784,91 +784,105 @@ describe('failures', () => {
     expect(await w.run(other.waitFor(id))).toMatchObject({ state: 'recorded', verdict: 'green' })
   })
 
-  it('a request whose failure cannot be recorded leaves the queue, its waiters rejected, but keeps its slot until its lease expires; it resumes at the next start', async () => {
-    let brokenGets = false
-    // The most builds running at once, seen at each build's start.
-    let most = 0
-    const w = await world({
-      builder: {
-        durationMs: () => {
-          most = Math.max(most, w.builder.running() + 1)
-          return 1_000
+  describe('a request whose failure cannot be recorded (reads and its writes fail)', () => {
+    /**
+     * A queue whose first request is lost: its row moves on behind its actor's back (so none
+     * of its writes can succeed) while reads fail (so neither can its salvage). Reads stay
+     * broken until `reads.broken` is set back to false. Counts the most builds running at once.
+     */
+    async function lostRequest(config: Record<string, unknown> = {}) {
+      const reads = { broken: false }
+      const builds = { most: 0 }
+      const w = await world({
+        builder: {
+          durationMs: () => {
+            builds.most = Math.max(builds.most, w.builder.running() + 1)
+            return 1_000
+          },
         },
-      },
-      wrap: (inner) => ({
-        ...inner,
-        requests: {
-          ...inner.requests,
-          get: (id: string) => (brokenGets ? Promise.reject(new StorageUnavailableError('reads are down')) : inner.requests.get(id)),
-        },
-      }),
-    })
-    const config = { ...ref, maxValidationMs: 5_000, leaseGraceMs: 1_000 }
-    let main = await w.run(w.sp.queue('main', config))
-    w.sc.commit('main', 'a1')
-    const { id } = await w.run(main.ingest())
-    await driveUntil(w.clock, () => w.builder.running() === 1)
-    const waiter = track(main.waitFor(id))
-    // The row moves on behind the actor's back, and reads fail: neither the actor's writes
-    // nor the salvage can succeed.
-    const row = await w.storage.requests.get(id)
-    await w.storage.requests.update({ ...row, state: 'processing' }, row.version, row.version + 5)
-    brokenGets = true
-    await driveUntil(w.clock, () => waiter.settled)
-    expect(waiter.error).toBeInstanceOf(StorageFailedError)
-    expect((waiter.error as Error).message).toContain('resumes at the next start')
-    brokenGets = false
-    await expect(w.run(main.waitFor(id))).rejects.toBeInstanceOf(StorageFailedError)
-    await expect(w.run(main.cancel(id))).rejects.toBeInstanceOf(StorageFailedError)
-    // Its row still says processing (a restart resumes it): it keeps its slot, so the next
-    // head waits rather than building next to it after a restart.
-    expect(main.inFlight()).toEqual([{ id, n: 1, uri: 'fake://a1', state: 'lost' }])
-    // Status shows it lost, not at the step its row still names.
-    const status = await w.run(createLiveStatusReader(w.sp, w.storage).queue('main'))
-    expect(status.inFlight).toEqual([{ id, n: 1, uri: 'fake://a1', state: 'lost', step: null }])
-    w.sc.commit('main', 'a2')
-    const next = await w.run(main.ingest())
-    await w.run(settle(), 100)
-    expect(main.inFlight().map((r) => [r.id, r.state])).toEqual([
-      [id, 'lost'],
-      [next.id, 'accepted'],
-    ])
-    // A restart before the lease expires resumes it, holding its slot; the next head still waits.
-    let sp = await w.restart()
-    main = await w.run(sp.queue('main'))
-    expect(await w.run(main.waitFor(id))).toMatchObject({ state: 'recorded', verdict: 'green' })
-    expect(await w.run(main.waitFor(next.id))).toMatchObject({ state: 'recorded', verdict: 'green' })
-    expect(most).toBe(1)
+        wrap: (inner) => ({
+          ...inner,
+          requests: {
+            ...inner.requests,
+            get: (id: string) => (reads.broken ? Promise.reject(new StorageUnavailableError('reads are down')) : inner.requests.get(id)),
+          },
+        }),
+      })
+      const main = await w.run(w.sp.queue('main', { ...ref, maxValidationMs: 5_000, leaseGraceMs: 1_000, ...config }))
+      w.sc.commit('main', 'a1')
+      const { id } = await w.run(main.ingest())
+      await driveUntil(w.clock, () => w.builder.running() === 1)
+      const waiter = track(main.waitFor(id))
+      const row = await w.storage.requests.get(id)
+      const { deadlineAt } = (row.data as { context: { deadlineAt: number } }).context
+      await w.storage.requests.update({ ...row, state: 'processing' }, row.version, row.version + 5)
+      reads.broken = true
+      await driveUntil(w.clock, () => waiter.settled)
+      expect(waiter.error).toBeInstanceOf(StorageFailedError)
+      expect((waiter.error as Error).message).toContain('resumes at the next start')
+      return { w, main, id, reads, builds, deadlineAt }
+    }
 
-    // Lost again, and this time the lease expires: the slot is freed then (counted as an expiry).
-    w.sc.commit('main', 'a3')
-    const third = await w.run(main.ingest())
-    await driveUntil(w.clock, () => w.builder.running() === 1)
-    const thirdRow = await w.storage.requests.get(third.id)
-    const thirdDeadline = (thirdRow.data as { context: { deadlineAt: number } }).context.deadlineAt
-    await w.storage.requests.update({ ...thirdRow, state: 'processing' }, thirdRow.version, thirdRow.version + 5)
-    brokenGets = true
-    await expect(w.run(main.waitFor(third.id))).rejects.toBeInstanceOf(StorageFailedError)
-    brokenGets = false
-    w.sc.commit('main', 'a4')
-    const fourth = await w.run(main.ingest())
-    const expiries = main.stats().leaseExpiries
-    await driveUntil(w.clock, () => main.inFlight().every((r) => r.state !== 'lost'))
-    expect(w.clock.now()).toBeGreaterThanOrEqual(thirdDeadline + config.leaseGraceMs)
-    expect(main.stats().leaseExpiries).toBe(expiries + 1)
-    expect(await w.run(main.waitFor(fourth.id))).toMatchObject({ state: 'recorded', verdict: 'green' })
-    // The next start resumes the lost request from its row: its deadline has passed, so it
-    // concludes indeterminate without building again (its slot was given to another).
-    const builds = w.builder.builds.length
-    sp = await w.restart()
-    main = await w.run(sp.queue('main'))
-    expect(await w.run(main.waitFor(third.id))).toMatchObject({
-      state: 'recorded',
-      verdict: 'indeterminate',
-      reason: 'maxValidationMs passed',
+    it('leaves the queue, its waiters rejected, and keeps its slot: the next head waits; a restart resumes it', async () => {
+      const { w, main, id, builds } = await lostRequest()
+      await expect(w.run(main.waitFor(id))).rejects.toBeInstanceOf(StorageFailedError)
+      await expect(w.run(main.cancel(id))).rejects.toBeInstanceOf(StorageFailedError)
+      // Its row still says processing (a restart resumes it): it keeps its slot, so the next
+      // head waits rather than building next to it after a restart.
+      expect(main.inFlight()).toEqual([{ id, n: 1, uri: 'fake://a1', state: 'lost' }])
+      // Status shows it lost, not at the step its row still names.
+      const status = await w.run(createLiveStatusReader(w.sp, w.storage).queue('main'))
+      expect(status.inFlight).toEqual([{ id, n: 1, uri: 'fake://a1', state: 'lost', step: null }])
+      w.sc.commit('main', 'a2')
+      const next = await w.run(main.ingest())
+      await w.run(settle(), 100)
+      expect(main.inFlight().map((r) => [r.id, r.state])).toEqual([
+        [id, 'lost'],
+        [next.id, 'accepted'],
+      ])
+      // A restart resumes it, holding its slot; the next head still waits its turn.
+      const sp = await w.restart()
+      const again = await w.run(sp.queue('main'))
+      expect(await w.run(again.waitFor(id))).toMatchObject({ state: 'recorded', verdict: 'green' })
+      expect(await w.run(again.waitFor(next.id))).toMatchObject({ state: 'recorded', verdict: 'green' })
+      expect(builds.most).toBe(1)
     })
-    expect(w.builder.builds.length).toBe(builds)
-    expect(most).toBe(1)
+
+    it('is recorded indeterminate once storage allows (its salvage is tried again), which frees its slot', async () => {
+      const { w, main, id, reads, builds } = await lostRequest()
+      w.sc.commit('main', 'a2')
+      const next = await w.run(main.ingest())
+      await w.run(settle(), 100)
+      expect(main.inFlight().map((r) => r.state)).toEqual(['lost', 'accepted'])
+      const before = w.clock.now()
+      reads.broken = false
+      expect(await w.run(main.waitFor(next.id))).toMatchObject({ state: 'recorded', verdict: 'green' })
+      // Well before its lease would have expired (deadline 5 s, grace 1 s).
+      expect(w.clock.now() - before).toBeLessThan(4_000)
+      expect(await w.run(main.waitFor(id))).toMatchObject({ state: 'recorded', verdict: 'indeterminate' })
+      expect((await w.run(main.waitFor(id))).reason).toMatch(/^request actor failed/)
+      expect(main.stats()).toMatchObject({ green: 1, indeterminate: 1, leaseExpiries: 0 })
+      expect(main.inFlight()).toEqual([])
+      expect(builds.most).toBe(1)
+    })
+
+    it('frees its slot when its lease expires, and is recorded once storage allows', async () => {
+      const { w, main, id, reads, builds, deadlineAt } = await lostRequest()
+      w.sc.commit('main', 'a2')
+      const next = await w.run(main.ingest())
+      // Reads stay down: the lease expires (counted) and the next head is validated.
+      expect(await w.run(main.waitFor(next.id))).toMatchObject({ state: 'recorded', verdict: 'green' })
+      expect(w.clock.now()).toBeGreaterThanOrEqual(deadlineAt + 1_000)
+      expect(main.stats().leaseExpiries).toBe(1)
+      expect(main.inFlight()).toEqual([])
+      // While it is lost, a wait for it is refused at once; once its salvage succeeds, answered.
+      await expect(w.run(main.waitFor(id))).rejects.toBeInstanceOf(StorageFailedError)
+      reads.broken = false
+      await driveUntil(w.clock, () => main.stats().indeterminate === 1)
+      expect(await w.run(main.waitFor(id))).toMatchObject({ state: 'recorded', verdict: 'indeterminate' })
+      expect(main.stats()).toMatchObject({ green: 1, indeterminate: 1 })
+      expect(builds.most).toBe(1)
+    })
   })
 
   it('stops the runtime when an actor it cannot do without fails, rejecting waiters with the cause', async () => {
