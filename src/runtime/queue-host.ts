@@ -365,6 +365,18 @@ export class QueueHost implements QueueHandle {
     }
   }
 
+  /**
+   * For a config asked for again that is in effect already: resolves at once when the
+   * snapshot is stored, else writes it once more (its last write failed) and resolves once
+   * stored, or rejects with StorageUnavailableError.
+   */
+  async storedAgain(): Promise<void> {
+    if (!this.dirty) return
+    this.pending ??= this.actor.getSnapshot().context
+    this.persisting ??= this.persistLoop()
+    await this.configStored()
+  }
+
   ingest(): Promise<IngestResult> {
     const stopped = this.deps.stopped()
     if (stopped !== undefined) return Promise.reject(stopped)

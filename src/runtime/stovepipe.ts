@@ -710,11 +710,14 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     if (existing !== undefined) {
       if (input !== undefined) {
         const config = normalizeQueueConfig(input)
+        // Resolved once stored: a crash right after it must not bring back the old config.
         if (JSON.stringify(config) !== JSON.stringify(existing.config())) {
           bindSourceControl(name, config)
           existing.actor.send({ type: 'config', config, at: now() })
-          // Resolved once stored: a crash right after it must not bring back the old config.
           await existing.configStored()
+        } else {
+          // In effect already, but maybe not stored (the write that carried it failed).
+          await existing.storedAgain()
         }
       }
       return existing

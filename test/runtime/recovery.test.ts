@@ -217,6 +217,26 @@ describe('queue state across restarts', () => {
     expect((await w.run(sp.queue('main'))).config().maxConcurrent).toBe(3)
   })
 
+  it('a config asked for again after its write failed resolves once stored (written again then): a crash right after keeps it', async () => {
+    let faulty: ReturnType<typeof createFaultyStorage> | undefined
+    const w = await world({
+      runtime: { writer: { retry: { maxAttempts: 2, baseDelayMs: 10, maxDelayMs: 10 } } },
+      wrap: (inner) => (faulty = createFaultyStorage(inner)),
+    })
+    await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 1 }))
+    if (faulty === undefined) throw new Error('no faulty storage')
+    faulty.faults.down = true
+    const wanted = { ref: 'main', maxConcurrent: 3 }
+    await expect(w.run(w.sp.queue('main', wanted))).rejects.toBeInstanceOf(StorageUnavailableError)
+    // Still down: asked again, it is written again, and refused again.
+    await expect(w.run(w.sp.queue('main', wanted))).rejects.toBeInstanceOf(StorageUnavailableError)
+    faulty.faults.down = false
+    await w.run(w.sp.queue('main', wanted))
+    expect((await w.storage.queues.get('main')).config).toMatchObject({ maxConcurrent: 3 })
+    const sp = await w.crash()
+    expect((await w.run(sp.queue('main'))).config().maxConcurrent).toBe(3)
+  })
+
   it('two calls creating one queue at once both get it', async () => {
     const w = await world()
     const [a, b] = await w.run(Promise.all([w.sp.queue('main', { ref: 'main' }), w.sp.queue('main', { ref: 'main', maxConcurrent: 2 })]))
