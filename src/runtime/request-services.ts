@@ -35,6 +35,7 @@ import type { SourceControl } from '../sourcecontrol/types.js'
 import {
   InvalidInputError,
   NotFoundError,
+  StoppedError,
   StorageFailedError,
   StorageUnavailableError,
   UnavailableError,
@@ -102,10 +103,14 @@ export function outboxOutcome(
     deps.logger.error({ err: writeFailure(lost, what) }, 'a hook notification was not stored; hooks will not hear of this change')
 }
 
-/** The error a dead-lettered write stands for: retryable when storage was unavailable. */
+/**
+ * The error a dead-lettered write stands for: retryable when storage was unavailable, a
+ * StoppedError when the writer stopped before committing it (the runtime stops).
+ */
 export function writeFailure(result: WriterResult, what: string): StovepipeError {
   if (result.status !== 'dead_lettered') return new StorageFailedError(`${what}: unexpected ${result.status}`)
   const message = `${what} was not written: ${result.error.message}`
+  if (result.error.code === 'STOPPED') return new StoppedError(message)
   return result.error.code === 'STORAGE_UNAVAILABLE' ? new StorageUnavailableError(message) : new StorageFailedError(message)
 }
 

@@ -935,12 +935,20 @@ describe('stopping', () => {
     hang = true
     // Recorded green: last green moves, and the queue's snapshot write hangs.
     expect(await w.run(main.waitFor((await w.run(main.ingest())).id))).toMatchObject({ verdict: 'green' })
+    // An ingest whose writes wait behind the hung commit.
+    w.sc.commit('main', 'a2')
+    const second = track(main.ingest())
+    await settle()
     const before = w.clock.now()
     const report = await w.run(w.sp.stop({ deadlineMs: 1_000 }), 50)
     expect(w.clock.now() - before).toBeLessThanOrEqual(1_100)
     // The snapshot's batch (and whatever shared it) is reported in flight: its outcome is unknown.
     expect(report.writer.timedOut).toBe(true)
     expect(report.writer.inFlight).toBeGreaterThan(0)
+    // What waited behind it was not written: the ingest is told the runtime stopped.
+    await driveUntil(w.clock, () => second.settled)
+    expect(second.error).toBeInstanceOf(StoppedError)
+    expect((second.error as Error).message).toContain('the drain deadline passed')
   })
 
   it('stops the runtime when its event log fails (another process writes this node), with the cause', async () => {
