@@ -421,15 +421,8 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
           { err: salvageError, queue, requestId: id },
           'could not salvage a failed request; tried again until it can be recorded (or at the next start)',
         )
-        host?.lose(
-          id,
-          new StorageFailedError(
-            `request ${id} failed and could not be recorded; it is recorded once storage allows, or resumes at the next start`,
-            {
-              cause: salvageError,
-            },
-          ),
-        )
+        const why = `request ${id} failed and could not be recorded; it is recorded once storage allows, or resumes at the next start`
+        host?.lose(id, new StorageFailedError(why, { cause: salvageError }))
       } else logger.debug({ err: salvageError, queue, requestId: id, attempt }, 'salvage failed again')
       salvageLater(queue, id, error, attempt + 1)
     }

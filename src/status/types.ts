@@ -27,7 +27,7 @@ export interface InFlightRequest {
   /**
    * `accepted` or `processing`; live readers only: `superseding` while the queue coalesces it,
    * `lost` when its actor failed and its end could not be stored (it holds its slot until its
-   * lease expires, and resumes at the next start).
+   * lease expires or its end is stored, retried; else it resumes at the next start).
    */
   state: string
   /** The step persisted, e.g. `processing.building`; null when not known, and for a `lost` request. */
