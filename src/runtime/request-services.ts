@@ -155,6 +155,15 @@ export async function persistStep(
   outbox: readonly WriteOp[] = [],
 ): Promise<RequestRecord> {
   let oldVersion = context.version
+  if (outbox.length > 0) {
+    // Hook notifications are stored first writer wins, and a failed CAS does not roll back the
+    // ops beside it: written from a stale version, they would be stored without the change
+    // they announce, and a crash before the retry below would leave them to stand for another
+    // outcome. So start from the row as stored: the machine may not know of a step its
+    // services wrote (a deadline or a failure ended the step before their answer).
+    const stored = await deps.storage.requests.get(context.id).catch(() => undefined)
+    if (stored !== undefined && stored.version > oldVersion && !FINAL_REQUEST_STATES.includes(stored.state)) oldVersion = stored.version
+  }
   for (let tries = 0; ; tries++) {
     const next = { ...context, ...extra }
     const record = requestRecord(next, step, state, oldVersion + 1, Math.max(0, Math.floor(deps.clock.now())))

@@ -14,6 +14,7 @@ import { recordCommits, type RecordingStorage } from '../support/backends.js'
 import { driveUntil, settle } from '../support/drive.js'
 import { world, type World } from '../support/runtime.js'
 import { recordingHook, type RecordingHook } from '../hooks/support.js'
+import { createFaultyStorage, type FaultyStorage } from '../../src/testing/index.js'
 
 const ref = { ref: 'main' }
 
@@ -304,5 +305,60 @@ describe('hooks and lost acknowledgements', () => {
       await settle(5)
     }
     expect(hook.delivered().map((c) => (c.payload as VerdictPayload).requestId)).toEqual([id])
+  })
+})
+
+describe('hooks and a step the machine did not hear of', () => {
+  it('a concluding write from a stale version stores its notification only with its row: after a crash the hook hears what storage says', async () => {
+    const clock = new SimulatedClock()
+    clock.set(1_700_000_000_000)
+    const hook = recordingHook(clock)
+    let faulty: FaultyStorage | undefined
+    let failedRecord = false
+    let concluded = false
+    const w = await world({
+      clock,
+      runtime: { hooks: [hook], writer: { retry: { maxAttempts: 1 } } },
+      wrap: (inner) => {
+        const f = (faulty = createFaultyStorage(inner))
+        return {
+          ...f,
+          commit: async (ops: readonly WriteOp[]) => {
+            // The recording write (facts, green notification, row) fails once, applying nothing:
+            // the step write before it (processing.recording) is one the machine never hears of.
+            if (!failedRecord && ops.some((op) => op.op === 'fact.put')) {
+              failedRecord = true
+              throw new StorageUnavailableError('injected: commit failed')
+            }
+            const results = await f.commit(ops)
+            // The concluding write (maxAttempts 1): the process dies right after it.
+            if (ops.some((op) => op.op === 'outbox.put' && (op.entry.payload as VerdictPayload).verdict === 'indeterminate')) {
+              concluded = true
+              f.faults.down = true
+            }
+            return results
+          },
+        }
+      },
+    })
+    const main = await w.run(w.sp.queue('main', { ref: 'main', maxAttempts: 1 }))
+    w.sc.commit('main', 'g1')
+    const { id } = await w.run(main.ingest())
+    await driveUntil(clock, () => concluded)
+    const inner = faulty?.inner
+    if (inner === undefined) throw new Error('no storage')
+    // The notification and the change it announces, together.
+    const entry = await inner.outbox.get({ queue: 'main', requestId: id, kind: 'verdict', hook: 'recorder' })
+    expect((entry.payload as VerdictPayload).verdict).toBe('indeterminate')
+    expect((await inner.requests.get(id)).state).toBe('recorded')
+    await w.crash(1_000)
+    const again = await w.run(w.sp.queue('main'))
+    const stored = await w.run(again.waitFor(id))
+    for (let i = 0; i < 100; i++) {
+      clock.increment(100)
+      await settle(3)
+    }
+    const told = hook.delivered().filter((c) => c.kind === 'verdict')
+    expect(told.map((c) => (c.payload as VerdictPayload).verdict)).toEqual([stored.verdict])
   })
 })
