@@ -10,7 +10,14 @@ import type { Logger } from 'pino'
 import type { Clock } from '../actors/clock.js'
 import type { Writer, WriterResult } from '../actors/writer.js'
 import type { LastGreenPayload, LastGreenRef } from '../hooks/types.js'
-import { queueMachine, requestActorId, type QueueActor, type QueueConfig, type QueueContext } from '../machines/queue.js'
+import {
+  queueMachine,
+  requestActorId,
+  type QueueActor,
+  type QueueConfig,
+  type QueueContext,
+  type QueueLastGreen,
+} from '../machines/queue.js'
 import type { AnyActorRef } from 'xstate'
 import { newRequestContext, type RequestContext } from '../machines/request.js'
 import type { SourceControl } from '../sourcecontrol/types.js'
@@ -163,8 +170,9 @@ export class QueueHost implements QueueHandle {
 
   /**
    * `storedLastGreen` is the last green of the queue's stored row. When the actor starts
-   * from a newer one (recovery found a newer green request: the runtime crashed before the
-   * snapshot write), that move is persisted at once, with its hook notifications.
+   * from a newer one (recovery found newer green requests: the runtime crashed before the
+   * snapshot write), those moves (`recovered`, oldest first, ending with the actor's last
+   * green) are persisted at once, with their hook notifications.
    */
   constructor(
     readonly name: string,
@@ -172,13 +180,15 @@ export class QueueHost implements QueueHandle {
     private version: number,
     private readonly deps: QueueHostDeps,
     storedLastGreen: LastGreenRef | null = null,
+    recovered: readonly QueueLastGreen[] = [],
   ) {
     const context = actor.getSnapshot().context
     this.persistedConfig = context.config
     this.persistedLastGreen = context.lastGreen
     this.durable = context
     this.seenGreen = storedLastGreen === null ? null : { ...storedLastGreen }
-    this.track(context)
+    for (const green of recovered) this.track(green)
+    this.track(context.lastGreen)
     if (this.moves.length > 0) {
       this.pending = context
       this.persisting = this.persistLoop()
@@ -193,7 +203,7 @@ export class QueueHost implements QueueHandle {
    * long as it is open.)
    */
   changed(context: QueueContext): void {
-    this.track(context)
+    this.track(context.lastGreen)
     if (!this.dirty && context.config === this.persistedConfig && context.lastGreen === this.persistedLastGreen) return
     this.persistedConfig = context.config
     this.persistedLastGreen = context.lastGreen
@@ -244,8 +254,7 @@ export class QueueHost implements QueueHandle {
   }
 
   /** Notes a move of last green (each one is notified, even when snapshot writes coalesce). */
-  private track(context: QueueContext): void {
-    const green = context.lastGreen
+  private track(green: QueueLastGreen | null): void {
     if (green === null || green.requestId === this.seenGreen?.requestId) return
     const previous = this.seenGreen
     this.moves.push({ queue: this.name, requestId: green.requestId, uri: green.uri, previous, at: green.at })

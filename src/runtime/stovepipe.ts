@@ -168,20 +168,24 @@ async function allRows(storage: Storage, queue: string, states: RequestState[]):
 }
 
 /**
- * The newest green request of a queue in storage, for recovery. A row is trusted only when
- * its commit's fact agrees: without hooks, the recording commit writes the row with the
- * request's own verdict, and corrects it in a second write when a fact of another request
- * was there first; a crash in between leaves a green row over a red fact. Such a row is
- * corrected here (and skipped).
+ * The moves of a queue's last green that storage shows past the stored one (`above`, its
+ * request number), oldest first, for recovery: the runtime crashed before the queue's
+ * snapshot recorded them (or its writes failed). Each green request above `above` that was
+ * newer than every green recorded before it moved last green; the last move is the newest
+ * green. A row is trusted only when its commit's fact agrees: without hooks, the recording
+ * commit writes the row with the request's own verdict, and corrects it in a second write
+ * when a fact of another request was there first; a crash in between leaves a green row
+ * over a red fact. Such a row is corrected here (and skipped).
  */
-async function newestGreen(
+async function greenMoves(
   deps: { storage: Storage; writer: Writer; logger: Logger; now: () => number },
   queue: string,
   above: number,
-): Promise<QueueLastGreen | null> {
+): Promise<QueueLastGreen[]> {
   const { storage } = deps
+  const greens: QueueLastGreen[] = []
   let cursor: string | undefined
-  do {
+  scan: do {
     const page = await storage.requests.listByQueue(queue, {
       states: ['recorded'],
       order: 'desc',
@@ -190,15 +194,19 @@ async function newestGreen(
     })
     for (const row of page.items) {
       const view = describeRequest(row)
-      if (view.n <= above) return null
+      if (view.n <= above) break scan
       if (view.verdict !== 'green') continue
       const fact = await existingFact(storage, queue, row.uri)
-      if (fact?.degree === 0) return { uri: row.uri, requestId: row.id, n: view.n, at: view.endedAt ?? row.updatedAt }
-      await correctVerdict(deps, row, fact)
+      if (fact?.degree === 0) greens.push({ uri: row.uri, requestId: row.id, n: view.n, at: view.endedAt ?? row.updatedAt })
+      else await correctVerdict(deps, row, fact)
     }
     cursor = page.nextCursor
   } while (cursor !== undefined)
-  return null
+  // In the order they were recorded: a slow older green recorded after a newer one moved nothing.
+  greens.sort((a, b) => a.at - b.at || a.n - b.n)
+  const moves: QueueLastGreen[] = []
+  for (const green of greens) if (green.n > (moves.at(-1)?.n ?? above)) moves.push(green)
+  return moves
 }
 
 /** Rewrites a green row whose commit's fact is not green with the fact's verdict (none: indeterminate). */
@@ -567,7 +575,13 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     outboxWritten,
   }
 
-  const spawnQueue = (name: string, context: QueueContext, version: number, storedLastGreen: LastGreenRef | null): QueueHost => {
+  const spawnQueue = (
+    name: string,
+    context: QueueContext,
+    version: number,
+    storedLastGreen: LastGreenRef | null,
+    recovered: readonly QueueLastGreen[] = [],
+  ): QueueHost => {
     try {
       bindSourceControl(name, context.config)
     } catch (error) {
@@ -579,7 +593,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     rootActor.send({ type: 'queue.open', name, context })
     const actor = rootActor.system.get(`queue:${name}`) as QueueActor | undefined
     if (actor === undefined) throw new Error(`queue actor ${name} did not start`)
-    const host = new QueueHost(name, actor, version, hostDeps, storedLastGreen)
+    const host = new QueueHost(name, actor, version, hostDeps, storedLastGreen, recovered)
     hosts.set(name, host)
     return host
   }
@@ -661,7 +675,8 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       const storedLastGreen: QueueLastGreen | null =
         record.lastGreen === undefined ? null : { ...record.lastGreen, n: parseRequestId(record.lastGreen.requestId, record.name) }
       // The snapshot may lag the facts: never start from an older last green than storage shows.
-      const scanned = await newestGreen({ storage, writer, logger, now }, record.name, storedLastGreen?.n ?? 0)
+      const moves = await greenMoves({ storage, writer, logger, now }, record.name, storedLastGreen?.n ?? 0)
+      const scanned = moves.at(-1) ?? null
       const fresh = newQueueContext(record.name, config)
       const context: QueueContext = {
         ...fresh,
@@ -669,7 +684,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
         stats: { ...fresh.stats, ...(persisted?.stats ?? {}) },
       }
       // A newer green found by the scan moves last green: the host persists it with its hook notifications.
-      const host = spawnQueue(record.name, context, record.version, record.lastGreen ?? null)
+      const host = spawnQueue(record.name, context, record.version, record.lastGreen ?? null, moves)
       if (contexts.length > 0) {
         logger.info({ queue: record.name, requests: contexts.length }, 'resuming requests in flight')
         host.actor.send({ type: 'resume', requests: contexts, at: now() })

@@ -362,3 +362,85 @@ describe('hooks and a step the machine did not hear of', () => {
     expect(told.map((c) => (c.payload as VerdictPayload).verdict)).toEqual([stored.verdict])
   })
 })
+
+describe('hooks and last-green moves across a crash', () => {
+  it('every move of last green that was in effect is notified, also when the snapshot writes that carried them failed before a crash', async () => {
+    const clock = new SimulatedClock()
+    clock.set(1_700_000_000_000)
+    const hook = recordingHook(clock)
+    const faults = { snapshots: false }
+    const w = await world({
+      clock,
+      runtime: { hooks: [hook] },
+      // While set, queue snapshot writes fail (a row the database refuses, say).
+      wrap: (inner) => createFaultyStorage(inner, { poison: (op) => faults.snapshots && op.op === 'queue.update' }),
+    })
+    const main = await w.run(w.sp.queue('main', { ref: 'main' }))
+    const validate = async (sha: string): Promise<string> => {
+      w.sc.commit('main', sha)
+      const { id } = await w.run(main.ingest())
+      await w.run(main.waitFor(id))
+      return id
+    }
+    const r1 = await validate('g1')
+    await driveUntil(clock, () => hook.delivered().length === 2)
+    faults.snapshots = true
+    const r2 = await validate('g2')
+    expect(main.lastGreen()?.requestId).toBe(r2) // in effect
+    const r3 = await validate('g3')
+    expect((await w.sp.request(r3)).baseline).toBe('fake://g2') // built since r2
+    await settle(10)
+    faults.snapshots = false
+    const sp = await w.crash(1_000)
+    expect((await w.run(sp.queue('main'))).lastGreen()?.requestId).toBe(r3)
+    for (let i = 0; i < 200; i++) {
+      clock.increment(100)
+      await settle(3)
+    }
+    const moves = hook
+      .delivered()
+      .filter((c) => c.kind === 'lastGreen')
+      .map((c) => {
+        const p = c.payload as LastGreenPayload
+        return `${p.previous?.requestId ?? 'none'} -> ${p.requestId}`
+      })
+    expect(moves).toEqual([`none -> ${r1}`, `${r1} -> ${r2}`, `${r2} -> ${r3}`])
+  })
+
+  it('a slow older green recorded after a newer one was no move, and is not notified as one after a crash', async () => {
+    const clock = new SimulatedClock()
+    clock.set(1_700_000_000_000)
+    const hook = recordingHook(clock)
+    const faults = { snapshots: true }
+    const w = await world({
+      clock,
+      runtime: { hooks: [hook] },
+      builder: { durationMs: (uri) => (uri === 'fake://slow1' ? 5_000 : 100) },
+      wrap: (inner) => createFaultyStorage(inner, { poison: (op) => faults.snapshots && op.op === 'queue.update' }),
+    })
+    const main = await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 2 }))
+    w.sc.commit('main', 'slow1')
+    const older = await w.run(main.ingest())
+    w.sc.commit('main', 'fast2')
+    const newer = await w.run(main.ingest())
+    await w.run(main.waitFor(newer.id))
+    await w.run(main.waitFor(older.id))
+    expect(main.lastGreen()?.requestId).toBe(newer.id)
+    await settle(10)
+    faults.snapshots = false
+    const sp = await w.crash(1_000)
+    expect((await w.run(sp.queue('main'))).lastGreen()?.requestId).toBe(newer.id)
+    for (let i = 0; i < 200; i++) {
+      clock.increment(100)
+      await settle(3)
+    }
+    const moves = hook
+      .delivered()
+      .filter((c) => c.kind === 'lastGreen')
+      .map((c) => {
+        const p = c.payload as LastGreenPayload
+        return `${p.previous?.requestId ?? 'none'} -> ${p.requestId}`
+      })
+    expect(moves).toEqual([`none -> ${newer.id}`])
+  })
+})
