@@ -146,7 +146,7 @@ function isThisWrite(stored: RequestRecord, record: RequestRecord): boolean {
  * the row already in that final state (an earlier attempt applied, its acknowledgement
  * lost) resolves with the stored row, whose outcome may differ from this write's.
  */
-export async function persistStep(
+export function persistStep(
   deps: RequestServiceDeps,
   context: RequestContext,
   step: RequestStep,
@@ -154,15 +154,52 @@ export async function persistStep(
   extra: Partial<RequestContext> = {},
   outbox: readonly WriteOp[] = [],
 ): Promise<RequestRecord> {
+  return oneAtATime(deps.writer, context.id, () => persistStepNow(deps, context, step, state, extra, outbox))
+}
+
+/** Per writer (one per runtime): the row writes of each request under way, chained. */
+const rowWrites = new WeakMap<Writer, Map<string, Promise<unknown>>>()
+
+/**
+ * Runs a request's row writes one at a time, in call order. A deadline or a cancel ends a
+ * step while the step's own write may still be under way (the step service's or the build
+ * service's): the final write must start from the row that write leaves. Nothing is kept
+ * once a request has no write under way.
+ */
+function oneAtATime<T>(writer: Writer, id: string, work: () => Promise<T>): Promise<T> {
+  let chains = rowWrites.get(writer)
+  if (chains === undefined) rowWrites.set(writer, (chains = new Map<string, Promise<unknown>>()))
+  const before = chains.get(id)
+  const run = before === undefined ? work() : before.then(work)
+  const tail = run.then(
+    () => undefined,
+    () => undefined,
+  )
+  chains.set(id, tail)
+  void tail.then(() => {
+    if (chains.get(id) === tail) chains.delete(id)
+  })
+  return run
+}
+
+async function persistStepNow(
+  deps: RequestServiceDeps,
+  context: RequestContext,
+  step: RequestStep,
+  state: RequestState,
+  extra: Partial<RequestContext>,
+  outbox: readonly WriteOp[],
+): Promise<RequestRecord> {
   let oldVersion = context.version
   if (outbox.length > 0) {
     // Hook notifications are stored first writer wins, and a failed CAS does not roll back the
     // ops beside it: written from a stale version, they would be stored without the change
     // they announce, and a crash before the retry below would leave them to stand for another
     // outcome. So start from the row as stored: the machine may not know of a step its
-    // services wrote (a deadline or a failure ended the step before their answer).
-    const stored = await deps.storage.requests.get(context.id).catch(() => undefined)
-    if (stored !== undefined && stored.version > oldVersion && !FINAL_REQUEST_STATES.includes(stored.state)) oldVersion = stored.version
+    // services wrote (a deadline or a failure ended the step before their answer). A read
+    // that fails fails the write (storage unavailable: retried), rather than guess.
+    const stored = await deps.storage.requests.get(context.id)
+    if (stored.version > oldVersion && !FINAL_REQUEST_STATES.includes(stored.state)) oldVersion = stored.version
   }
   for (let tries = 0; ; tries++) {
     const next = { ...context, ...extra }

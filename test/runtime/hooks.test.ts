@@ -444,3 +444,52 @@ describe('hooks and last-green moves across a crash', () => {
     expect(moves).toEqual([`none -> ${newer.id}`])
   })
 })
+
+describe('hooks and a deadline while a step is being written', () => {
+  it('the concluding write waits for the step write under way: its notification is stored with its row, never beside a failed CAS', async () => {
+    const clock = new SimulatedClock()
+    clock.set(1_700_000_000_000)
+    const hook = recordingHook(clock)
+    let holdPlanning = true
+    let release = (): void => undefined
+    const orphans: string[] = []
+    const w = await world({
+      clock,
+      runtime: { hooks: [hook] },
+      wrap: (inner) => ({
+        ...inner,
+        commit: async (ops: readonly WriteOp[]) => {
+          // The planning step's write hangs until released (storage is slow).
+          if (holdPlanning && ops.some((op) => op.op === 'request.update' && op.record.state === 'processing')) {
+            holdPlanning = false
+            await new Promise<void>((resolve) => (release = resolve))
+          }
+          const results = await inner.commit(ops)
+          const put = ops.findIndex((op) => op.op === 'outbox.put')
+          const update = ops.findIndex((op) => op.op === 'request.update')
+          if (put >= 0 && results[put]?.status === 'ok' && update >= 0 && results[update]?.status !== 'ok')
+            orphans.push(`${results[update]?.status ?? 'no result'} beside a stored notification`)
+          return results
+        },
+      }),
+    })
+    const main = await w.run(w.sp.queue('main', { ref: 'main', maxValidationMs: 500 }))
+    w.sc.commit('main', 'g1')
+    const { id } = await w.run(main.ingest())
+    await driveUntil(clock, () => !holdPlanning)
+    // The deadline passes while the planning write hangs: the request concludes.
+    for (let i = 0; i < 60; i++) {
+      clock.increment(10)
+      await settle(2)
+    }
+    release()
+    const done = await w.run(main.waitFor(id))
+    expect(done).toMatchObject({ state: 'recorded', verdict: 'indeterminate', reason: 'maxValidationMs passed' })
+    await driveUntil(clock, () => hook.delivered().some((c) => c.kind === 'verdict'))
+    expect(orphans).toEqual([])
+    const told = hook.delivered().filter((c) => c.kind === 'verdict')
+    expect(told.map((c) => [(c.payload as VerdictPayload).verdict, (c.payload as VerdictPayload).at])).toEqual([
+      ['indeterminate', done.endedAt],
+    ])
+  })
+})
