@@ -22,7 +22,11 @@
  * - stats() equals the rows' counts in runs without restarts; across stops and crashes it is
  *   approximate by design (README: a crash loses counts since the last write, an end landing
  *   during a stop is not counted), so there it is checked never to go down (graceful restarts
- *   included) and never to exceed the rows' counts.
+ *   included) and never to exceed the rows' counts;
+ * - with a hook (in some runs; its calls fail, hang or lag at random), once its calls succeed:
+ *   every recorded verdict is delivered as stored, and only those; every last green that was
+ *   in effect is delivered as a move; one payload per idempotency key; no call from a runtime
+ *   that is gone (see checkHooks).
  */
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
@@ -42,7 +46,9 @@ import {
 import { seededRandom } from '../../src/actors/index.js'
 import { createMemoryStorage } from '../../src/storage/memory/index.js'
 import { createFaultyStorage, type FaultyStorage } from '../../src/testing/index.js'
+import type { LastGreenPayload, VerdictPayload } from '../../src/hooks/index.js'
 import { driveUntil, settle, track } from '../support/drive.js'
+import { hookRecorder, type HookBehaviour, type HookRecorder } from '../support/hook-recorder.js'
 import { world } from '../support/runtime.js'
 
 type Outcome = 'passed' | 'failed' | 'error'
@@ -131,12 +137,23 @@ interface Setup {
   maxValidationMs: number
   leaseGraceMs: number
   maxAttempts: number
+  /** A recording hook and how its calls go, or none (the runtime then runs without hooks). */
+  hooks: (HookBehaviour & { seed: number }) | null
 }
 const setup: fc.Arbitrary<Setup> = fc.record({
   maxConcurrent: fc.integer({ min: 1, max: 3 }),
   maxValidationMs: fc.integer({ min: 300, max: 3_000 }),
   leaseGraceMs: fc.integer({ min: 0, max: 500 }),
   maxAttempts: fc.integer({ min: 1, max: 3 }),
+  hooks: fc.option(
+    fc.record({
+      failRate: fc.constantFrom(0, 0.2, 0.5),
+      hangRate: fc.constantFrom(0, 0.05),
+      delayMs: fc.integer({ min: 0, max: 300 }),
+      seed: fc.nat(),
+    }),
+    { nil: null },
+  ),
 })
 
 const FINAL = new Set(['recorded', 'superseded', 'cancelled'])
@@ -170,6 +187,9 @@ interface CancelCall {
 async function check(mode: Mode, cfg: Setup, steps: Step[]): Promise<void> {
   const clock = new SimulatedClock()
   clock.set(1_700_000_000_000)
+  const hooks: HookRecorder | undefined = cfg.hooks === null ? undefined : hookRecorder(clock, cfg.hooks, cfg.hooks.seed)
+  /** Every last green seen through lastGreen(), in order: each was in effect, so each is notified. */
+  const greensSeen: string[] = []
 
   // The branch: each commit's parent and how its build goes.
   const behaviour = new Map<string, { outcome: Outcome; durationMs: number }>()
@@ -209,7 +229,15 @@ async function check(mode: Mode, cfg: Setup, steps: Step[]): Promise<void> {
   const w = await world({
     clock,
     // Jitter from a seed: a run replays exactly (its seed and path reproduce a failure).
-    runtime: { random: seededRandom(1) },
+    runtime: { random: seededRandom(1), hookRetry: { baseDelayMs: 100, maxDelayMs: 2_000, timeoutMs: 1_500 } },
+    ...(hooks === undefined
+      ? {}
+      : {
+          perStart: (generation: number) => ({ hooks: [hooks.hookFor(generation)] }),
+          onGone: (generation: number) => {
+            hooks.gone(generation)
+          },
+        }),
     builder: {
       outcome: (uri) => behaviourOf(uri).outcome,
       durationMs: (uri, request) => {
@@ -289,6 +317,7 @@ async function check(mode: Mode, cfg: Setup, steps: Step[]): Promise<void> {
     const n = green === undefined ? 0 : numberOf(green.requestId)
     expect(n, `${where}: last green moved back`).toBeGreaterThanOrEqual(greenN)
     greenN = n
+    if (green !== undefined && greensSeen.at(-1) !== green.requestId) greensSeen.push(green.requestId)
     if (green !== undefined) {
       const view = describeRequest(await stored.requests.get(green.requestId))
       expect([view.uri, view.state, view.verdict], `${where}: last green ${green.requestId}`).toEqual([green.uri, 'recorded', 'green'])
@@ -621,9 +650,63 @@ async function check(mode: Mode, cfg: Setup, steps: Step[]): Promise<void> {
     }
   }
 
+  if (hooks !== undefined) await checkHooks(hooks)
+
   await w.run(w.sp.stop())
   await w.storage.close()
   await stored.close()
+
+  /**
+   * Hooks, once their calls stop failing and every backoff has run out: every recorded
+   * verdict was delivered as stored (and only those), every move of last green that was in
+   * effect was delivered, each notification under one idempotency key with one payload,
+   * every outbox entry delivered, and no call from a runtime already gone.
+   */
+  async function checkHooks(recorder: HookRecorder): Promise<void> {
+    recorder.behaviour = { failRate: 0, hangRate: 0, delayMs: 0 }
+    await reopen({ crash: false })
+    await tick(30_000)
+    await settle(5)
+    const rows = (await stored.requests.listByQueue('main', { limit: 1_000 })).items.map(describeRequest)
+    const rowOf = new Map(rows.map((v) => [v.id, v]))
+    const problems: string[] = [...recorder.violations]
+    const payloads = new Map<string, string>()
+    for (const c of recorder.calls) {
+      const { queue, requestId } = c.payload
+      if (c.key !== `${queue}:${requestId}:${c.kind}`) problems.push(`key ${c.key} for ${requestId} ${c.kind}`)
+      const text = JSON.stringify(c.payload)
+      if ((payloads.get(c.key) ?? text) !== text) problems.push(`payload of ${c.key} changed: ${payloads.get(c.key) ?? ''} -> ${text}`)
+      payloads.set(c.key, text)
+    }
+    for (const e of (await stored.outbox.list({ limit: 1_000 })).items)
+      if (e.deliveredAt === null) problems.push(`outbox entry ${e.requestId} ${e.kind} undelivered after ${e.attempts} attempts`)
+    const delivered = recorder.delivered()
+    for (const v of rows.filter((r) => r.state === 'recorded')) {
+      const told = delivered.filter((c) => c.kind === 'verdict' && c.payload.requestId === v.id).map((c) => c.payload as VerdictPayload)
+      if (told.length === 0) problems.push(`recorded ${v.id} (${String(v.verdict)}) never delivered`)
+      for (const p of told) {
+        if (p.verdict !== v.verdict || p.degree !== v.degree)
+          problems.push(`${v.id} told ${p.verdict}/${String(p.degree)}, stored ${String(v.verdict)}/${String(v.degree)}`)
+        if (p.uri !== v.uri || p.at !== v.endedAt)
+          problems.push(`${v.id} told ${p.uri} at ${p.at}, stored ${v.uri} at ${String(v.endedAt)}`)
+      }
+    }
+    for (const c of recorder.calls) {
+      const v = rowOf.get(c.payload.requestId)
+      if (c.kind === 'verdict' && v?.state !== 'recorded') problems.push(`onVerdict for ${c.payload.requestId}, ${v?.state ?? 'missing'}`)
+      if (c.kind !== 'lastGreen') continue
+      const p = c.payload as LastGreenPayload
+      if (v?.state !== 'recorded' || v.verdict !== 'green')
+        problems.push(`onLastGreen for ${p.requestId}, ${v?.state ?? 'missing'} ${String(v?.verdict)}`)
+      else if ((await stored.facts.get('main', v.uri, '')).degree !== 0)
+        problems.push(`onLastGreen for ${p.requestId}, whose fact is not green`)
+      if (p.previous !== null && numberOf(p.previous.requestId) >= numberOf(p.requestId))
+        problems.push(`onLastGreen ${p.requestId} after ${p.previous.requestId}, not older`)
+    }
+    const movedTo = new Set(delivered.filter((c) => c.kind === 'lastGreen').map((c) => c.payload.requestId))
+    for (const id of greensSeen) if (!movedTo.has(id)) problems.push(`last green ${id} (in effect) never delivered`)
+    expect(problems, 'hooks').toEqual([])
+  }
 }
 
 /** Runs per property: MODEL_RUNS=5000 for a longer hunt (a failure prints the seed and path that replay it). */

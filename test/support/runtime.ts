@@ -35,6 +35,10 @@ export interface WorldOptions {
   wrap?: (storage: Storage) => Storage
   /** Opens the storage (each start of the runtime); default: memory on `database`. */
   openStorage?: () => Promise<Storage>
+  /** Options for each start of the runtime (its generation: 0, 1, …), over `runtime`. */
+  perStart?: (generation: number) => Partial<Omit<StovepipeOptions, 'storage' | 'sourceControl' | 'builder' | 'clock'>>
+  /** Called once a runtime is gone (stopped, or abandoned by a crash), with its generation. */
+  onGone?: (generation: number) => void
 }
 
 export async function world(options: WorldOptions = {}): Promise<World> {
@@ -43,7 +47,9 @@ export async function world(options: WorldOptions = {}): Promise<World> {
   const database = options.database ?? createMemoryDatabase()
   const sc = options.sc ?? createFakeSourceControl()
   const builder = createFakeBuilder(options.builder ?? {})
+  let generation = 0
   const open = async (): Promise<{ storage: Storage; sp: Stovepipe }> => {
+    const started = generation++
     const raw = options.openStorage === undefined ? createMemoryStorage({ database }) : await options.openStorage()
     const storage = (options.wrap ?? ((x: Storage) => x))(raw)
     const sp = await createStovepipe({
@@ -53,6 +59,7 @@ export async function world(options: WorldOptions = {}): Promise<World> {
       clock,
       retry: { baseDelayMs: 100, maxDelayMs: 1000 },
       ...options.runtime,
+      ...(options.perStart?.(started) ?? {}),
     })
     return { storage, sp }
   }
@@ -73,6 +80,7 @@ export async function world(options: WorldOptions = {}): Promise<World> {
     async crash(downMs = 0) {
       await w.storage.close()
       w.sp.root.stop()
+      options.onGone?.(generation - 1)
       if (downMs > 0) clock.increment(downMs)
       const next = await open()
       w.storage = next.storage
@@ -81,6 +89,7 @@ export async function world(options: WorldOptions = {}): Promise<World> {
     },
     async restart() {
       await w.run(w.sp.stop())
+      options.onGone?.(generation - 1)
       await w.storage.close()
       const next = await open()
       w.storage = next.storage
