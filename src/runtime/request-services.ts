@@ -154,33 +154,28 @@ export function persistStep(
   extra: Partial<RequestContext> = {},
   outbox: readonly WriteOp[] = [],
 ): Promise<RequestRecord> {
-  return oneAtATime(deps.writer, context.id, () => persistStepNow(deps, context, step, state, extra, outbox))
-}
-
-/** Per writer (one per runtime): the row writes of each request under way, chained. */
-const rowWrites = new WeakMap<Writer, Map<string, Promise<unknown>>>()
-
-/**
- * Runs a request's row writes one at a time, in call order. A deadline or a cancel ends a
- * step while the step's own write may still be under way (the step service's or the build
- * service's): the final write must start from the row that write leaves. Nothing is kept
- * once a request has no write under way.
- */
-function oneAtATime<T>(writer: Writer, id: string, work: () => Promise<T>): Promise<T> {
-  let chains = rowWrites.get(writer)
-  if (chains === undefined) rowWrites.set(writer, (chains = new Map<string, Promise<unknown>>()))
-  const before = chains.get(id)
-  const run = before === undefined ? work() : before.then(work)
-  const tail = run.then(
-    () => undefined,
-    () => undefined,
-  )
-  chains.set(id, tail)
-  void tail.then(() => {
-    if (chains.get(id) === tail) chains.delete(id)
-  })
+  // A request's row writes run one at a time, in call order. A deadline or a cancel ends a
+  // step while the step's own write may still be under way (the step service's or the build
+  // service's): the final write must start from the row that write leaves. Nothing is kept
+  // once a request has no write under way (and the usual write, with none before it, costs
+  // a map entry and no extra promise).
+  let writes = rowWrites.get(deps.writer)
+  if (writes === undefined) rowWrites.set(deps.writer, (writes = new Map<string, Promise<RequestRecord>>()))
+  const before = writes.get(context.id)
+  const mine: { run?: Promise<RequestRecord> } = {}
+  let run: Promise<RequestRecord>
+  if (before === undefined) run = persistStepNow(deps, context, step, state, extra, outbox, writes, mine)
+  else {
+    const go = (): Promise<RequestRecord> => persistStepNow(deps, context, step, state, extra, outbox, writes, mine)
+    run = before.then(go, go)
+  }
+  mine.run = run
+  writes.set(context.id, run)
   return run
 }
+
+/** Per writer (one per runtime): the row write of each request under way, the last one asked for. */
+const rowWrites = new WeakMap<Writer, Map<string, Promise<RequestRecord>>>()
 
 async function persistStepNow(
   deps: RequestServiceDeps,
@@ -189,53 +184,59 @@ async function persistStepNow(
   state: RequestState,
   extra: Partial<RequestContext>,
   outbox: readonly WriteOp[],
+  writes: Map<string, Promise<RequestRecord>>,
+  mine: { run?: Promise<RequestRecord> },
 ): Promise<RequestRecord> {
-  let oldVersion = context.version
-  if (outbox.length > 0) {
-    // Hook notifications are stored first writer wins, and a failed CAS does not roll back the
-    // ops beside it: written from a stale version, they would be stored without the change
-    // they announce, and a crash before the retry below would leave them to stand for another
-    // outcome. So start from the row as stored: the machine may not know of a step its
-    // services wrote (a deadline or a failure ended the step before their answer). A read
-    // that fails fails the write (storage unavailable: retried), rather than guess.
-    const stored = await deps.storage.requests.get(context.id)
-    if (stored.version > oldVersion && !FINAL_REQUEST_STATES.includes(stored.state)) oldVersion = stored.version
-  }
-  for (let tries = 0; ; tries++) {
-    const next = { ...context, ...extra }
-    const record = requestRecord(next, step, state, oldVersion + 1, Math.max(0, Math.floor(deps.clock.now())))
-    // Hook notifications first, in the same write: never a recorded change without its outbox entries.
-    const results = await deps.writer.write([...outbox, { op: 'request.update', record, oldVersion, newVersion: oldVersion + 1 }], {
-      atomic: true,
-    })
-    const result = results[results.length - 1]
-    if (outbox.length > 0) outboxOutcome(deps, results.slice(0, -1), `hook notification of ${context.id}`)
-    if (result === undefined) throw new StorageFailedError(`no result persisting ${context.id}`)
-    if (result.status === 'ok') {
-      deps.committed(record)
-      return record
+  try {
+    let oldVersion = context.version
+    if (outbox.length > 0) {
+      // Hook notifications are stored first writer wins, and a failed CAS does not roll back the
+      // ops beside it: written from a stale version, they would be stored without the change
+      // they announce, and a crash before the retry below would leave them to stand for another
+      // outcome. So start from the row as stored: the machine may not know of a step its
+      // services wrote (a deadline or a failure ended the step before their answer). A read
+      // that fails fails the write (storage unavailable: retried), rather than guess.
+      const stored = await deps.storage.requests.get(context.id)
+      if (stored.version > oldVersion && !FINAL_REQUEST_STATES.includes(stored.state)) oldVersion = stored.version
     }
-    if (result.status === 'dead_lettered') throw writeFailure(result, `request ${context.id} at ${step}`)
-    const stored = await deps.storage.requests.get(context.id).catch(() => undefined)
-    // The commit applied but its acknowledgement was lost, and the writer's retry found the row
-    // it had written: the write is done.
-    if (stored !== undefined && isThisWrite(stored, record)) {
-      deps.committed(stored)
-      return stored
+    for (let tries = 0; ; tries++) {
+      const next = { ...context, ...extra }
+      const record = requestRecord(next, step, state, oldVersion + 1, Math.max(0, Math.floor(deps.clock.now())))
+      // Hook notifications first, in the same write: never a recorded change without its outbox entries.
+      const results = await deps.writer.write([...outbox, { op: 'request.update', record, oldVersion, newVersion: oldVersion + 1 }], {
+        atomic: true,
+      })
+      const result = results[results.length - 1]
+      if (outbox.length > 0) outboxOutcome(deps, results.slice(0, -1), `hook notification of ${context.id}`)
+      if (result === undefined) throw new StorageFailedError(`no result persisting ${context.id}`)
+      if (result.status === 'ok') {
+        deps.committed(record)
+        return record
+      }
+      if (result.status === 'dead_lettered') throw writeFailure(result, `request ${context.id} at ${step}`)
+      const stored = await deps.storage.requests.get(context.id).catch(() => undefined)
+      // The commit applied but its acknowledgement was lost, and the writer's retry found the row
+      // it had written: the write is done.
+      if (stored !== undefined && isThisWrite(stored, record)) {
+        deps.committed(stored)
+        return stored
+      }
+      // An earlier attempt of this final write applied, and its acknowledgement was lost (the
+      // writer then gave up on it, and the machine retried with a context changed since): the
+      // request ended so. Only its own actor writes its row while it runs.
+      if (stored !== undefined && stored.version > oldVersion && stored.state === state && FINAL_REQUEST_STATES.includes(state)) {
+        deps.committed(stored)
+        return stored
+      }
+      if (tries > 0 || stored === undefined || stored.version <= oldVersion || FINAL_REQUEST_STATES.includes(stored.state)) {
+        throw new VersionMismatchError(
+          `request ${context.id} could not move to ${step}: stored ${stored === undefined ? 'row is missing' : `at ${stored.state} v${stored.version}`}, expected v${oldVersion}`,
+        )
+      }
+      oldVersion = stored.version
     }
-    // An earlier attempt of this final write applied, and its acknowledgement was lost (the
-    // writer then gave up on it, and the machine retried with a context changed since): the
-    // request ended so. Only its own actor writes its row while it runs.
-    if (stored !== undefined && stored.version > oldVersion && stored.state === state && FINAL_REQUEST_STATES.includes(state)) {
-      deps.committed(stored)
-      return stored
-    }
-    if (tries > 0 || stored === undefined || stored.version <= oldVersion || FINAL_REQUEST_STATES.includes(stored.state)) {
-      throw new VersionMismatchError(
-        `request ${context.id} could not move to ${step}: stored ${stored === undefined ? 'row is missing' : `at ${stored.state} v${stored.version}`}, expected v${oldVersion}`,
-      )
-    }
-    oldVersion = stored.version
+  } finally {
+    if (writes.get(context.id) === mine.run) writes.delete(context.id)
   }
 }
 
