@@ -363,6 +363,21 @@ describe('hooks and a step the machine did not hear of', () => {
   })
 })
 
+/** Lets 20 s pass (hook backoffs run out), then the last-green moves delivered, as `previous -> requestId`. */
+async function deliveredMoves(clock: SimulatedClock, hook: RecordingHook): Promise<string[]> {
+  for (let i = 0; i < 200; i++) {
+    clock.increment(100)
+    await settle(3)
+  }
+  return hook
+    .delivered()
+    .filter((c) => c.kind === 'lastGreen')
+    .map((c) => {
+      const p = c.payload as LastGreenPayload
+      return `${p.previous?.requestId ?? 'none'} -> ${p.requestId}`
+    })
+}
+
 describe('hooks and last-green moves across a crash', () => {
   it('every move of last green that was in effect is notified, also when the snapshot writes that carried them failed before a crash', async () => {
     const clock = new SimulatedClock()
@@ -393,17 +408,7 @@ describe('hooks and last-green moves across a crash', () => {
     faults.snapshots = false
     const sp = await w.crash(1_000)
     expect((await w.run(sp.queue('main'))).lastGreen()?.requestId).toBe(r3)
-    for (let i = 0; i < 200; i++) {
-      clock.increment(100)
-      await settle(3)
-    }
-    const moves = hook
-      .delivered()
-      .filter((c) => c.kind === 'lastGreen')
-      .map((c) => {
-        const p = c.payload as LastGreenPayload
-        return `${p.previous?.requestId ?? 'none'} -> ${p.requestId}`
-      })
+    const moves = await deliveredMoves(clock, hook)
     expect(moves).toEqual([`none -> ${r1}`, `${r1} -> ${r2}`, `${r2} -> ${r3}`])
   })
 
@@ -430,17 +435,7 @@ describe('hooks and last-green moves across a crash', () => {
     faults.snapshots = false
     const sp = await w.crash(1_000)
     expect((await w.run(sp.queue('main'))).lastGreen()?.requestId).toBe(newer.id)
-    for (let i = 0; i < 200; i++) {
-      clock.increment(100)
-      await settle(3)
-    }
-    const moves = hook
-      .delivered()
-      .filter((c) => c.kind === 'lastGreen')
-      .map((c) => {
-        const p = c.payload as LastGreenPayload
-        return `${p.previous?.requestId ?? 'none'} -> ${p.requestId}`
-      })
+    const moves = await deliveredMoves(clock, hook)
     expect(moves).toEqual([`none -> ${newer.id}`])
   })
 })
