@@ -348,7 +348,10 @@ export const queueMachine = setup({
       enqueue.assign({ requests, dueAt, stats, lastGreen })
     }),
     cancel: enqueueActions(({ enqueue, context, event }) => {
-      if (event.type !== 'cancel' || context.requests[event.id] === undefined || context.requests[event.id]?.state === 'lost') return
+      if (event.type !== 'cancel') return
+      const inFlight = context.requests[event.id]
+      // A lost request has no actor to tell.
+      if (inFlight === undefined || inFlight.state === 'lost') return
       enqueue.sendTo(requestActorId(event.id), { type: 'CANCEL', at: event.at })
     }),
     /**

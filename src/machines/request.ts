@@ -113,6 +113,9 @@ export type RequestInput =
 /** The reason of a request whose deadline passed. */
 const DEADLINE_REASON = 'maxValidationMs passed'
 
+/** The steps a passed deadline interrupts (recording is too late to interrupt). */
+const deadlineInterrupts = (step: RequestStep): boolean => step === 'processing.planning' || step === 'processing.building'
+
 /**
  * Whether a request resumed at `at` is past its deadline in a step the deadline interrupts
  * (planning or building). The queue does not tell it `DEADLINE` (the request concludes as it
@@ -120,11 +123,7 @@ const DEADLINE_REASON = 'maxValidationMs passed'
  * request meanwhile (the lease expired), so a new build would exceed `maxConcurrent`.
  */
 export function pastDeadlineAt(context: RequestContext, at: number): boolean {
-  return (
-    (context.step === 'processing.planning' || context.step === 'processing.building') &&
-    context.deadlineAt !== null &&
-    context.deadlineAt <= at
-  )
+  return deadlineInterrupts(context.step) && context.deadlineAt !== null && context.deadlineAt <= at
 }
 
 /** The context a request starts from: new, or resumed (past its deadline: concluding indeterminate). */
@@ -469,8 +468,7 @@ export const requestMachine = setup({
     boot: {
       always: [
         {
-          guard: ({ context }) =>
-            context.verdict === 'indeterminate' && (context.step === 'processing.planning' || context.step === 'processing.building'),
+          guard: ({ context }) => context.verdict === 'indeterminate' && deadlineInterrupts(context.step),
           target: '#request.concluding',
         },
         { guard: ({ context }) => context.step === 'processing.planning', target: '#request.processing.planning' },

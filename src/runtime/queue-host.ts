@@ -189,10 +189,13 @@ export class QueueHost implements QueueHandle {
     this.seenGreen = storedLastGreen === null ? null : { ...storedLastGreen }
     for (const green of recovered) this.track(green)
     this.track(context.lastGreen)
-    if (this.moves.length > 0) {
-      this.pending = context
-      this.persisting = this.persistLoop()
-    }
+    if (this.moves.length > 0) this.persistSoon(context)
+  }
+
+  /** Schedules a snapshot write of `context` (coalesced with one under way: the newest wins). */
+  private persistSoon(context: QueueContext): void {
+    this.pending = context
+    this.persisting ??= this.persistLoop()
   }
 
   /**
@@ -207,8 +210,7 @@ export class QueueHost implements QueueHandle {
     if (!this.dirty && context.config === this.persistedConfig && context.lastGreen === this.persistedLastGreen) return
     this.persistedConfig = context.config
     this.persistedLastGreen = context.lastGreen
-    this.pending = context
-    this.persisting ??= this.persistLoop()
+    this.persistSoon(context)
   }
 
   /**
@@ -351,8 +353,7 @@ export class QueueHost implements QueueHandle {
     const context = this.actor.getSnapshot().context
     const stored = this.durable
     if (!this.dirty && context.stats === stored.stats && context.config === stored.config && context.lastGreen === stored.lastGreen) return
-    this.pending = context
-    this.persisting ??= this.persistLoop()
+    this.persistSoon(context)
     await this.flush()
   }
 
@@ -381,8 +382,7 @@ export class QueueHost implements QueueHandle {
    */
   async storedAgain(): Promise<void> {
     if (!this.dirty) return
-    this.pending ??= this.actor.getSnapshot().context
-    this.persisting ??= this.persistLoop()
+    this.persistSoon(this.actor.getSnapshot().context)
     await this.configStored()
   }
 

@@ -410,9 +410,9 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       }
       // The row had ended already (an earlier write applied, or someone else ended it): the
       // queue hears the end the row stores (a green one checked against the commit's fact).
-      const recorded = row.state === 'recorded' ? await checkedOutcome(serviceDeps, row) : undefined
-      host?.found(id)
       if (row.state === 'recorded') {
+        const recorded = await checkedOutcome(serviceDeps, row)
+        host?.found(id)
         host?.actor.send({
           type: 'request.recorded',
           id,
@@ -421,7 +421,10 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
           verdict: recorded?.verdict ?? 'indeterminate',
           at: recorded?.at ?? now(),
         })
-      } else host?.actor.send({ type: 'request.ended', id, n, state: row.state as 'superseded' | 'cancelled', at: now() })
+      } else {
+        host?.found(id)
+        host?.actor.send({ type: 'request.ended', id, n, state: row.state as 'superseded' | 'cancelled', at: now() })
+      }
       host?.notify(id, row.state)
     } catch (salvageError) {
       if (attempt === 0) {
