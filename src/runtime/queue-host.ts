@@ -13,6 +13,7 @@ import type { LastGreenPayload, LastGreenRef } from '../hooks/types.js'
 import {
   queueMachine,
   requestActorId,
+  type InFlight,
   type QueueActor,
   type QueueConfig,
   type QueueContext,
@@ -124,6 +125,29 @@ export function persistedWithoutChildren(actor: QueueActor, context: QueueContex
   return snapshot
 }
 
+/**
+ * A queue's snapshot is written again once this many of its requests ended since the last
+ * write, even when nothing else of it changed: its counts, and its `settledThrough` (see
+ * {@link QueueHost}), stay at most this many requests behind after a crash.
+ */
+export const SNAPSHOT_EVERY_ENDED = 100
+
+/**
+ * The key of the queue snapshot's `settledThrough` (beside XState's members): every request
+ * numbered up to it had ended, and was taken into the snapshot's context, when it was written.
+ */
+export const SETTLED_THROUGH = 'settledThrough'
+
+/** The `settledThrough` of a stored queue snapshot; 0 (nothing known settled) when absent or malformed. */
+export function storedSettledThrough(snapshot: Json | undefined): number {
+  const value = (snapshot as Record<string, Json> | undefined)?.[SETTLED_THROUGH]
+  return typeof value === 'number' && Number.isSafeInteger(value) && value > 0 ? value : 0
+}
+
+/** Requests ended (in any final state), as the counts of a queue say. */
+const endedCount = (stats: QueueContext['stats']): number =>
+  stats.green + stats.red + stats.indeterminate + stats.superseded + stats.cancelled
+
 const reached = (current: RequestState, wanted: RequestState): boolean =>
   current === wanted || FINAL_REQUEST_STATES.includes(current) || (wanted === 'accepted' && current === 'processing')
 
@@ -162,7 +186,23 @@ export class QueueHost implements QueueHandle {
   /** Requests whose actor failed and could not be recorded (they resume at the next start): why. */
   private lost: Map<string, Error> | undefined
   private pending: QueueContext | undefined
+  /**
+   * What this host held open when `pending` was handed over (see {@link openFloor}): with
+   * `pending`'s own requests in flight, its `settledThrough`.
+   */
+  private pendingFloor = 0
+  /** Requests ended as of the context last handed to the snapshot writer (see {@link SNAPSHOT_EVERY_ENDED}). */
+  private endedAtPersist: number
   private persisting: Promise<void> | undefined
+  /**
+   * Request numbers whose request the actor has not taken in yet, though a row with that
+   * number may exist or come to exist: numbers being minted or healed, requests about to
+   * be resumed, and mints that failed after their number was taken (kept for as long as
+   * the process runs). Created on use.
+   */
+  private unaccepted: Set<number> | undefined
+  /** The highest request number this host knows to exist. */
+  private highWater: number
   /** The newest last green seen (stored, or moved to since). */
   private seenGreen: LastGreenRef | null
   /** Last-green moves whose hook notifications are not stored yet, oldest first. */
@@ -181,11 +221,15 @@ export class QueueHost implements QueueHandle {
     private readonly deps: QueueHostDeps,
     storedLastGreen: LastGreenRef | null = null,
     recovered: readonly QueueLastGreen[] = [],
+    known: { highWater: number; resuming: readonly number[] } = { highWater: 0, resuming: [] },
   ) {
     const context = actor.getSnapshot().context
     this.persistedConfig = context.config
     this.persistedLastGreen = context.lastGreen
     this.durable = context
+    this.endedAtPersist = endedCount(context.stats)
+    this.highWater = known.highWater
+    for (const n of known.resuming) this.numbered(n)
     this.seenGreen = storedLastGreen === null ? null : { ...storedLastGreen }
     for (const green of recovered) this.track(green)
     this.track(context.lastGreen)
@@ -195,7 +239,53 @@ export class QueueHost implements QueueHandle {
   /** Schedules a snapshot write of `context` (coalesced with one under way: the newest wins). */
   private persistSoon(context: QueueContext): void {
     this.pending = context
+    this.pendingFloor = this.openFloor()
+    this.endedAtPersist = endedCount(context.stats)
     this.persisting ??= this.persistLoop()
+  }
+
+  /**
+   * The lowest request number this host holds open right now (lost, or not yet taken in by
+   * the actor), or one past the highest number it knows when none: read when a context is
+   * handed to the snapshot writer, as it is then the actor's context.
+   */
+  private openFloor(): number {
+    let lowest = this.highWater + 1
+    for (const n of this.unaccepted ?? []) lowest = Math.min(lowest, n)
+    for (const id of this.lost?.keys() ?? []) lowest = Math.min(lowest, parseRequestId(id, this.name))
+    return lowest
+  }
+
+  /**
+   * The highest request number through which every request of this queue has ended and
+   * been taken into `context` (counted, and its green, if any, in last green), stored with
+   * the snapshot: recovery looks for green requests the snapshot missed (a crash before its
+   * write) only above it, so a restart does not read a queue's whole history when its last
+   * green is old. Below the lowest request in flight in `context` and below `floor` (see
+   * {@link openFloor}).
+   */
+  private static settledThrough(context: QueueContext, floor: number): number {
+    let lowest = floor
+    for (const id in context.requests) lowest = Math.min(lowest, (context.requests[id] as InFlight).n)
+    return lowest - 1
+  }
+
+  /** A request number that may have (or come to have) a row the actor has not taken in yet. */
+  private numbered(n: number): void {
+    ;(this.unaccepted ??= new Set()).add(n)
+    if (n > this.highWater) this.highWater = n
+  }
+
+  /** The actor took in request `n` (or no row will ever have that number). */
+  private taken(n: number): void {
+    this.unaccepted?.delete(n)
+    if (this.unaccepted?.size === 0) this.unaccepted = undefined
+  }
+
+  /** Resumes the requests a restart found in flight (their numbers were passed to the constructor). */
+  resume(requests: RequestContext[], at: number): void {
+    this.actor.send({ type: 'resume', requests, at })
+    for (const request of requests) this.taken(request.n)
   }
 
   /**
@@ -207,7 +297,13 @@ export class QueueHost implements QueueHandle {
    */
   changed(context: QueueContext): void {
     this.track(context.lastGreen)
-    if (!this.dirty && context.config === this.persistedConfig && context.lastGreen === this.persistedLastGreen) return
+    if (
+      !this.dirty &&
+      context.config === this.persistedConfig &&
+      context.lastGreen === this.persistedLastGreen &&
+      endedCount(context.stats) - this.endedAtPersist < SNAPSHOT_EVERY_ENDED
+    )
+      return
     this.persistedConfig = context.config
     this.persistedLastGreen = context.lastGreen
     this.persistSoon(context)
@@ -282,7 +378,7 @@ export class QueueHost implements QueueHandle {
     try {
       for (let context = this.pending; context !== undefined; context = this.pending) {
         this.pending = undefined
-        this.dirty = !(await this.persistContext(context))
+        this.dirty = !(await this.persistContext(context, QueueHost.settledThrough(context, this.pendingFloor)))
         if (!this.dirty) this.durable = context
       }
     } catch (error) {
@@ -294,8 +390,9 @@ export class QueueHost implements QueueHandle {
   }
 
   /** Writes the snapshot; true once stored, false when the write failed (it was logged). */
-  private async persistContext(context: QueueContext): Promise<boolean> {
-    const snapshot = persistedWithoutChildren(this.actor, context)
+  private async persistContext(context: QueueContext, settledThrough: number): Promise<boolean> {
+    const snapshot = persistedWithoutChildren(this.actor, context) as Record<string, Json>
+    snapshot[SETTLED_THROUGH] = settledThrough
     const now = Math.max(0, Math.floor(this.deps.clock.now()))
     const record: QueueRecord = {
       name: this.name,
@@ -462,8 +559,11 @@ export class QueueHost implements QueueHandle {
     const [counter] = await numbering
     if (counter?.status !== 'ok' || counter.value === undefined)
       throw writeFailure(counter ?? { status: 'not_found' }, `request number of ${this.name}`)
-    this.refuseIfFailed()
     const n = counter.value
+    // Until the actor takes the request in (or its row is known not to be there), the
+    // snapshot cannot say it settled: a crash may leave its row to be resumed and recorded.
+    this.numbered(n)
+    this.refuseIfFailed()
     const id = `request/${this.name}/${n}`
     const at = Math.max(0, Math.floor(this.deps.clock.now()))
     const record = this.newRecord(id, n, uri, at)
@@ -482,7 +582,7 @@ export class QueueHost implements QueueHandle {
       if (winner !== id) {
         // Another process claimed the head first (the claim and the row share a transaction,
         // not an outcome): the row just created must not be validated at the next start.
-        if (row?.status === 'ok') await this.retire(record, winner)
+        if (row?.status !== 'ok' || (await this.retire(record, winner))) this.taken(n)
         return this.reuse(winner, uri)
       }
     } else {
@@ -492,19 +592,23 @@ export class QueueHost implements QueueHandle {
     // The queue failed meanwhile: its actor takes no requests; the row resumes at the next start.
     this.refuseIfFailed()
     // Stopped meanwhile: the request is stored (this ingest is acknowledged) and resumes at the next start.
-    if (this.deps.stopped() === undefined) this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })
+    if (this.deps.stopped() === undefined) {
+      this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })
+      this.taken(n)
+    }
     this.deps.onIngest(false)
     return { id, uri, deduplicated: false }
   }
 
-  /** Ends a request row that lost the claim of its head: superseded by the winner's request. */
-  private async retire(record: RequestRecord, winner: string): Promise<void> {
+  /** Ends a request row that lost the claim of its head: superseded by the winner's request. True once written. */
+  private async retire(record: RequestRecord, winner: string): Promise<boolean> {
     const at = Math.max(0, Math.floor(this.deps.clock.now()))
     const { context } = record.data as unknown as { context: RequestContext }
     const ended = requestRecord({ ...context, supersededBy: winner, endedAt: at }, 'superseded', 'superseded', 1, at)
     const [result] = await this.deps.writer.write([{ op: 'request.update', record: ended, oldVersion: 0, newVersion: 1 }])
-    if (result?.status !== 'ok')
-      this.deps.logger.error({ queue: this.name, requestId: record.id, winner }, 'a request that lost the claim of its head stays accepted')
+    if (result?.status === 'ok') return true
+    this.deps.logger.error({ queue: this.name, requestId: record.id, winner }, 'a request that lost the claim of its head stays accepted')
+    return false
   }
 
   private newRecord(id: string, n: number, uri: string, at: number): RequestRecord {
@@ -520,13 +624,21 @@ export class QueueHost implements QueueHandle {
     })
     if (row !== undefined) return
     const n = parseRequestId(id, this.name)
+    // An old number the stored snapshot may already call settled: store one that does not
+    // before the row exists, or a crash after its green would leave recovery blind to it.
+    this.numbered(n)
+    this.persistSoon(this.actor.getSnapshot().context)
+    await this.flush()
+    if (this.dirty) throw new StorageUnavailableError(`the snapshot of queue ${this.name} could not be written before healing ${id}`)
     const at = Math.max(0, Math.floor(this.deps.clock.now()))
     const [result] = await this.deps.writer.write([{ op: 'request.create', record: this.newRecord(id, n, uri, at) }])
     if (result?.status !== 'ok' && result?.status !== 'already_exists')
       throw writeFailure(result ?? { status: 'not_found' }, `healing ${id}`)
     this.deps.logger.warn({ queue: this.name, requestId: id, uri }, 'healed a request whose row was missing')
-    if (result.status === 'ok' && this.deps.stopped() === undefined)
+    if (result.status === 'ok' && this.deps.stopped() === undefined) {
       this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })
+      this.taken(n)
+    }
   }
 
   async waitFor(id: string, state: RequestState = 'recorded'): Promise<RequestView> {

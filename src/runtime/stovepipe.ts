@@ -45,7 +45,7 @@ import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError } fr
 import { FINAL_REQUEST_STATES, type Fact, type QueueRecord, type RequestRecord, type RequestState, type Storage } from '../storage/types.js'
 import { assertQueueName, parseRequestId } from '../storage/validation.js'
 import { normalizeQueueConfig, type QueueConfigInput } from './config.js'
-import { QueueHost, type QueueHandle, type QueueHostDeps } from './queue-host.js'
+import { QueueHost, storedSettledThrough, type QueueHandle, type QueueHostDeps } from './queue-host.js'
 import {
   buildService,
   existingFact,
@@ -176,14 +176,21 @@ async function allRows(storage: Storage, queue: string, states: RequestState[]):
  * commit writes the row with the request's own verdict, and corrects it in a second write
  * when a fact of another request was there first; a crash in between leaves a green row
  * over a red fact. Such a row is corrected here (and skipped).
+ *
+ * Only rows above the snapshot's `settledThrough` are read (every request up to it had
+ * ended and been taken into the snapshot when it was written), so a queue whose last green
+ * is old, or that never had one, is not read through its whole history at every start.
+ * `highest`: the highest request number read.
  */
 async function greenMoves(
   deps: { storage: Storage; writer: Writer; logger: Logger; now: () => number },
   queue: string,
   above: number,
-): Promise<QueueLastGreen[]> {
+  settledThrough: number,
+): Promise<{ moves: QueueLastGreen[]; highest: number }> {
   const { storage } = deps
   const greens: QueueLastGreen[] = []
+  let highest = 0
   let cursor: string | undefined
   scan: do {
     const page = await storage.requests.listByQueue(queue, {
@@ -194,7 +201,8 @@ async function greenMoves(
     })
     for (const row of page.items) {
       const view = describeRequest(row)
-      if (view.n <= above) break scan
+      highest = Math.max(highest, view.n)
+      if (view.n <= above || view.n <= settledThrough) break scan
       if (view.verdict !== 'green') continue
       const fact = await existingFact(storage, queue, row.uri)
       if (fact?.degree === 0) greens.push({ uri: row.uri, requestId: row.id, n: view.n, at: view.endedAt ?? row.updatedAt })
@@ -206,7 +214,7 @@ async function greenMoves(
   greens.sort((a, b) => a.at - b.at || a.n - b.n)
   const moves: QueueLastGreen[] = []
   for (const green of greens) if (green.n > (moves.at(-1)?.n ?? above)) moves.push(green)
-  return moves
+  return { moves, highest }
 }
 
 /** Rewrites a green row whose commit's fact is not green with the fact's verdict (none: indeterminate). */
@@ -584,6 +592,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     version: number,
     storedLastGreen: LastGreenRef | null,
     recovered: readonly QueueLastGreen[] = [],
+    known?: { highWater: number; resuming: readonly number[] },
   ): QueueHost => {
     try {
       bindSourceControl(name, context.config)
@@ -596,7 +605,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     rootActor.send({ type: 'queue.open', name, context })
     const actor = rootActor.system.get(`queue:${name}`) as QueueActor | undefined
     if (actor === undefined) throw new Error(`queue actor ${name} did not start`)
-    const host = new QueueHost(name, actor, version, hostDeps, storedLastGreen, recovered)
+    const host = new QueueHost(name, actor, version, hostDeps, storedLastGreen, recovered, known)
     hosts.set(name, host)
     return host
   }
@@ -678,7 +687,8 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       const storedLastGreen: QueueLastGreen | null =
         record.lastGreen === undefined ? null : { ...record.lastGreen, n: parseRequestId(record.lastGreen.requestId, record.name) }
       // The snapshot may lag the facts: never start from an older last green than storage shows.
-      const moves = await greenMoves({ storage, writer, logger, now }, record.name, storedLastGreen?.n ?? 0)
+      const settledThrough = storedSettledThrough(record.snapshot)
+      const { moves, highest } = await greenMoves({ storage, writer, logger, now }, record.name, storedLastGreen?.n ?? 0, settledThrough)
       const scanned = moves.at(-1) ?? null
       const fresh = newQueueContext(record.name, config)
       const context: QueueContext = {
@@ -687,10 +697,12 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
         stats: { ...fresh.stats, ...(persisted?.stats ?? {}) },
       }
       // A newer green found by the scan moves last green: the host persists it with its hook notifications.
-      const host = spawnQueue(record.name, context, record.version, record.lastGreen ?? null, moves)
+      const resuming = contexts.map((c) => c.n)
+      const highWater = resuming.reduce((max, n) => Math.max(max, n), Math.max(settledThrough, storedLastGreen?.n ?? 0, highest))
+      const host = spawnQueue(record.name, context, record.version, record.lastGreen ?? null, moves, { highWater, resuming })
       if (contexts.length > 0) {
         logger.info({ queue: record.name, requests: contexts.length }, 'resuming requests in flight')
-        host.actor.send({ type: 'resume', requests: contexts, at: now() })
+        host.resume(contexts, now())
       }
     }
   }

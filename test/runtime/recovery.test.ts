@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest'
 import { createStovepipe, EventLogConflictError, StoppedError, StorageUnavailableError, type Storage } from '../../src/index.js'
 import { createMemoryStorage } from '../../src/storage/memory/index.js'
 import { describeRequest } from '../../src/runtime/views.js'
-import type { WriteOp } from '../../src/storage/types.js'
+import type { QueueRecord, WriteOp } from '../../src/storage/types.js'
 import { createFaultyStorage } from '../../src/testing/faulty-storage.js'
 import { driveUntil, settle, track } from '../support/drive.js'
 import { world, type World } from '../support/runtime.js'
@@ -165,6 +165,190 @@ describe('recovery', () => {
     expect(main.lastGreen()?.requestId).toBe(second.id)
   })
 
+  it('a green that ended after the snapshot was written, below a request that had ended before it, is found after a crash', async () => {
+    // Request 1 builds long; request 2 (red) ends first; a snapshot is written while 1 is in
+    // flight. Recovery must read down to request 1, not stop at the highest number ended.
+    let dropQueueWrites = false
+    const w = await world({
+      builder: { durationMs: (uri) => (uri.endsWith('slow') ? 5_000 : 0), outcome: (uri) => (uri.endsWith('red') ? 'failed' : 'passed') },
+      wrap: (inner) => ({
+        ...inner,
+        commit: async (ops) => {
+          if (!dropQueueWrites) return inner.commit(ops)
+          const kept = ops.filter((op) => op.op !== 'queue.update')
+          const results = await inner.commit(kept)
+          let k = 0
+          return ops.map((op) => (op.op === 'queue.update' ? { status: 'ok' as const } : (results[k++] ?? { status: 'ok' as const })))
+        },
+      }),
+    })
+    let main = await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 2 }))
+    w.sc.commit('main', 'slow')
+    const slow = await w.run(main.ingest())
+    await driveUntil(w.clock, () => w.builder.running() === 1)
+    w.sc.commit('main', 'red')
+    await w.run(main.waitFor((await w.run(main.ingest())).id))
+    await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 3 })) // a snapshot write, request 1 in flight
+    const stored = await w.storage.queues.get('main')
+    expect((stored.snapshot as { settledThrough?: number }).settledThrough).toBe(0)
+    dropQueueWrites = true
+    await w.run(main.waitFor(slow.id))
+    expect(main.lastGreen()?.requestId).toBe(slow.id)
+    const sp = await w.crash()
+    main = await w.run(sp.queue('main'))
+    expect(main.lastGreen()?.requestId).toBe(slow.id)
+  })
+
+  /** A world whose queue snapshot writes can be dropped (they "succeed" without reaching storage), and request creations held. */
+  async function laggingWorld(durationMs: (uri: string) => number) {
+    const gates = { dropQueueWrites: false, holdCreates: undefined as Promise<void> | undefined, held: 0 }
+    const w = await world({
+      builder: { durationMs, outcome: (uri) => (uri.endsWith('red') ? 'failed' : 'passed') },
+      wrap: (inner) => ({
+        ...inner,
+        commit: async (ops) => {
+          if (gates.holdCreates !== undefined && ops.some((op) => op.op === 'request.create')) {
+            gates.held++
+            await gates.holdCreates
+          }
+          if (!gates.dropQueueWrites) return inner.commit(ops)
+          const kept = ops.filter((op) => op.op !== 'queue.update')
+          const results = await inner.commit(kept)
+          let k = 0
+          return ops.map((op) => (op.op === 'queue.update' ? { status: 'ok' as const } : (results[k++] ?? { status: 'ok' as const })))
+        },
+      }),
+    })
+    const settledThrough = async (): Promise<number | undefined> =>
+      ((await w.storage.queues.get('main')).snapshot as { settledThrough?: number }).settledThrough
+    /** Drives the clock until the stored queue row satisfies `done`. */
+    const stored = async (done: (row: QueueRecord) => boolean): Promise<void> => {
+      for (let step = 0; !done(await w.storage.queues.get('main')); step++) {
+        if (step > 1_000) throw new Error('the queue row never got there')
+        await settle()
+        w.clock.increment(1)
+      }
+    }
+    return { w, gates, settledThrough, stored }
+  }
+
+  it('a request resumed after a crash is not settled by the snapshot written before it resumes', async () => {
+    // Request 1 is green but its snapshot write is lost; request 2 builds on. Recovery finds
+    // 1 and writes a snapshot before 2 resumes: that snapshot must not call 2 settled.
+    const { w, gates, settledThrough, stored } = await laggingWorld((uri) => (uri.endsWith('slow') ? 5_000 : 0))
+    let main = await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 2 }))
+    gates.dropQueueWrites = true
+    w.sc.commit('main', 'fast')
+    const fast = await w.run(main.ingest())
+    await w.run(main.waitFor(fast.id))
+    w.sc.commit('main', 'slow')
+    const slow = await w.run(main.ingest())
+    await driveUntil(w.clock, () => w.builder.running() === 1)
+    gates.dropQueueWrites = false
+    let sp = await w.crash()
+    main = await w.run(sp.queue('main'))
+    expect(main.lastGreen()?.requestId).toBe(fast.id)
+    await stored((row) => row.lastGreen?.requestId === fast.id)
+    expect(await settledThrough()).toBe(1)
+    gates.dropQueueWrites = true
+    await w.run(main.waitFor(slow.id))
+    expect(main.lastGreen()?.requestId).toBe(slow.id)
+    sp = await w.crash()
+    main = await w.run(sp.queue('main'))
+    expect(main.lastGreen()?.requestId).toBe(slow.id)
+  })
+
+  it('a request being minted is not settled by a snapshot written meanwhile', async () => {
+    const { w, gates, settledThrough } = await laggingWorld(() => 0)
+    let main = await w.run(w.sp.queue('main', { ref: 'main' }))
+    let release = (): void => undefined
+    gates.holdCreates = new Promise((resolve) => (release = resolve))
+    w.sc.commit('main', 'a1')
+    const ingest = track(main.ingest())
+    await driveUntil(w.clock, () => gates.held === 1)
+    // Its number is taken, its row not yet written: a config change writes the snapshot now.
+    const config = track(w.sp.queue('main', { ref: 'main', maxConcurrent: 2 }))
+    await settle()
+    release()
+    gates.holdCreates = undefined
+    await driveUntil(w.clock, () => ingest.settled && config.settled)
+    expect(await settledThrough()).toBe(0)
+    gates.dropQueueWrites = true
+    const { id } = ingest.value as { id: string }
+    await w.run(main.waitFor(id))
+    expect(main.lastGreen()?.requestId).toBe(id)
+    const sp = await w.crash()
+    main = await w.run(sp.queue('main'))
+    expect(main.lastGreen()?.requestId).toBe(id)
+  })
+
+  it('a request healed under an old number is not settled by the snapshot: its green is found after a crash', async () => {
+    const { w, gates, settledThrough } = await laggingWorld(() => 0)
+    let main = await w.run(w.sp.queue('main', { ref: 'main' }))
+    // Number 1 was taken and its head claimed, but its row never written (as a crash between
+    // the two would leave, in a store without the atomic claim): a later ingest heals it.
+    await w.storage.counters.next('main')
+    await w.storage.requestUris.create({ queue: 'main', uri: 'fake://old', requestId: 'request/main/1' })
+    w.sc.commit('main', 'red')
+    await w.run(main.waitFor((await w.run(main.ingest())).id))
+    let sp = await w.restart()
+    main = await w.run(sp.queue('main'))
+    expect(await settledThrough()).toBe(2)
+    w.sc.commit('main', 'old')
+    // Held as its row is created, after the snapshot written before it: then snapshots are lost.
+    let release = (): void => undefined
+    gates.holdCreates = new Promise((resolve) => (release = resolve))
+    const ingest = main.ingest()
+    await driveUntil(w.clock, () => gates.held === 1)
+    expect(await settledThrough()).toBe(0)
+    gates.dropQueueWrites = true
+    gates.holdCreates = undefined
+    release()
+    const healed = await w.run(ingest)
+    expect(healed).toEqual({ id: 'request/main/1', uri: 'fake://old', deduplicated: true })
+    await w.run(main.waitFor(healed.id))
+    expect(main.lastGreen()?.requestId).toBe(healed.id)
+    sp = await w.crash()
+    main = await w.run(sp.queue('main'))
+    expect(main.lastGreen()?.requestId).toBe(healed.id)
+  })
+
+  for (const how of ['stop', 'crash'] as const) {
+    it(`a start after a ${how} reads only the requests that ended since the snapshot, not a long red history`, async () => {
+      const pages: string[] = []
+      const w = await world({
+        builder: { outcome: () => 'failed' },
+        wrap: (inner) => ({
+          ...inner,
+          requests: {
+            ...inner.requests,
+            listByQueue: async (queue, options) => {
+              const page = await inner.requests.listByQueue(queue, options)
+              if (options?.states?.join() === 'recorded') pages.push(`${page.items.length} from ${page.items[0]?.id ?? 'none'}`)
+              return page
+            },
+          },
+        }),
+      })
+      const main = await w.run(w.sp.queue('main', { ref: 'main' }))
+      const total = 450
+      for (let k = 1; k <= total; k++) {
+        w.sc.commit('main', `c${k}`)
+        await w.run(main.waitFor((await w.run(main.ingest())).id), 1)
+      }
+      const stored = await w.storage.queues.get('main')
+      // Written every 100 ended requests even with no last green to move.
+      expect((stored.snapshot as { settledThrough?: number }).settledThrough).toBeGreaterThanOrEqual(total - 100)
+      const sp = how === 'stop' ? await w.restart() : await w.crash()
+      // The newest page only (it reaches below settledThrough), where it read all 450 rows.
+      expect(pages.slice(-1)).toEqual([`200 from request/main/${total}`])
+      expect(pages).toHaveLength(1)
+      const reopened = await w.run(sp.queue('main'))
+      expect(reopened.lastGreen()).toBeUndefined()
+      expect(reopened.stats().red).toBeGreaterThanOrEqual(how === 'stop' ? total : total - 100)
+    })
+  }
+
   it('never writes a fact twice: a request resumed after writing its fact keeps that fact', async () => {
     const w = await world({ builder: { durationMs: 1_000 } })
     const id = await buildingRequest(w)
@@ -293,7 +477,8 @@ describe('recovery that cannot finish', () => {
     // b's stored snapshot lags (no last green), so recovery reads the fact of its green row; that read fails.
     const raw = createMemoryStorage({ database: w.database })
     const queueB = await raw.queues.get('b')
-    const lagging = { ...queueB, version: queueB.version + 1 }
+    // As written before its request ended: no last green, nothing settled.
+    const lagging = { ...queueB, version: queueB.version + 1, snapshot: { ...(queueB.snapshot as object), settledThrough: 0 } }
     delete lagging.lastGreen
     await raw.queues.update(lagging, queueB.version, queueB.version + 1)
     const storage: Storage = {
