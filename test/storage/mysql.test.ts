@@ -159,6 +159,21 @@ describeMysql('mysql storage', () => {
     expect(await pending).toBeInstanceOf(StorageClosedError)
   }, 30_000)
 
+  it('opens read-only: reads, refuses every write with StorageUnavailableError (as SQLite does), changes nothing', async () => {
+    const { storage, url } = await openFresh()
+    await storage.commit([{ op: 'request.create', record: sampleRequest('main', 1) }])
+    const reader = await openMysqlStorage({ uri: url, connectionLimit: 2, readOnly: true })
+    cleanups.push(() => reader.close())
+    expect((await reader.requests.get('request/main/1')).id).toBe('request/main/1')
+    const refused = await reader.requests.create(sampleRequest('main', 2)).catch((e: unknown) => e)
+    expect(refused).toBeInstanceOf(StorageUnavailableError)
+    expect((refused as Error).message).toContain('cannot be written')
+    const [result] = await reader.commit([{ op: 'counter.next', queue: 'main' }]).catch((e: unknown) => [e])
+    expect(result).toBeInstanceOf(StorageUnavailableError)
+    expect((await storage.requests.listByQueue('main')).items.map((r) => r.id)).toEqual(['request/main/1'])
+    expect(await storage.counters.next('main')).toBe(1)
+  })
+
   it('keeps two pools on one database consistent: every id created once, counters never repeat', async () => {
     const { storage: a, url } = await openFresh()
     const b = await openMysqlStorage({ uri: url, connectionLimit: 4 })

@@ -120,6 +120,18 @@ function isFatal(error: unknown): boolean {
   return typeof error === 'object' && error !== null && 'fatal' in error && error.fatal === true
 }
 
+/**
+ * Writes refused because the session, the server or the user may not write: a read-only
+ * open (`SET SESSION TRANSACTION READ ONLY`), a server in `read_only`, or no write grant.
+ * StorageUnavailableError, as SQLite's read-only refusals are.
+ */
+const READ_ONLY_CODES = new Set([
+  'ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION',
+  'ER_OPTION_PREVENTS_STATEMENT',
+  'ER_TABLEACCESS_DENIED_ERROR',
+  'ER_COLUMNACCESS_DENIED_ERROR',
+])
+
 /** Translates a mysql2 error into a typed one; `where` is `host:port`. */
 export function translateMysqlError(error: unknown, where: string): StovepipeError {
   if (error instanceof StovepipeError) return error
@@ -127,6 +139,14 @@ export function translateMysqlError(error: unknown, where: string): StovepipeErr
   const message = error instanceof Error ? error.message : String(error)
   if (UNAVAILABLE_CODES.has(code)) {
     return new StorageUnavailableError(`MySQL at ${where} is unavailable (${code}): ${message}`, { cause: error })
+  }
+  if (READ_ONLY_CODES.has(code)) {
+    return new StorageUnavailableError(
+      `MySQL at ${where} cannot be written (a read-only open, a read-only server, or no write grant; ${code}): ${message}`,
+      {
+        cause: error,
+      },
+    )
   }
   if (code === 'ER_DUP_ENTRY') return new AlreadyExistsError(`MySQL at ${where} refused a duplicate: ${message}`, { cause: error })
   if (/pool is closed/i.test(message)) return new StorageClosedError(`MySQL storage at ${where} is closed`, { cause: error })
