@@ -23,7 +23,8 @@
  *
  * Pure: time comes in events (`at`); the runtime hears of every change
  * (the `changed` action) and persists the snapshot (context, no children) with a CAS write
- * whenever its durable part (config, last green) changed.
+ * whenever its durable part (config, last green) changed, and every 100 requests ended (the
+ * counts, and how far the requests have all ended: see the runtime's queue host).
  *
  * @module
  */

@@ -128,7 +128,7 @@ export function persistedWithoutChildren(actor: QueueActor, context: QueueContex
 /**
  * A queue's snapshot is written again once this many of its requests ended since the last
  * write, even when nothing else of it changed: its counts, and its `settledThrough` (see
- * {@link QueueHost}), stay at most this many requests behind after a crash.
+ * `QueueHost.settledThrough`), stay at most this many requests behind after a crash.
  */
 export const SNAPSHOT_EVERY_ENDED = 100
 
@@ -142,6 +142,16 @@ export const SETTLED_THROUGH = 'settledThrough'
 export function storedSettledThrough(snapshot: Json | undefined): number {
   const value = (snapshot as Record<string, Json> | undefined)?.[SETTLED_THROUGH]
   return typeof value === 'number' && Number.isSafeInteger(value) && value > 0 ? value : 0
+}
+
+/** What recovery tells a queue host about the request numbers of its queue. */
+export interface HostKnown {
+  /** The highest request number storage shows (or the stored snapshot knew). */
+  highWater: number
+  /** Requests in flight about to be resumed ({@link QueueHost.resume}). */
+  resuming: readonly number[]
+  /** Green rows over a fact that is not green whose correction failed: unsettled until the next start. */
+  uncorrected?: readonly number[]
 }
 
 /** Requests ended (in any final state), as the counts of a queue say. */
@@ -177,7 +187,7 @@ export class QueueHost implements QueueHandle {
   /**
    * The newest context whose snapshot write succeeded (config, last green and counts as
    * stored), and whether a write failed since: the next change, and the stop, write again.
-   * (Counts alone are written at stop, not on every request's end.)
+   * (Counts alone are written every {@link SNAPSHOT_EVERY_ENDED} ends and at stop, not on every end.)
    */
   private durable: QueueContext
   private dirty = false
@@ -221,7 +231,7 @@ export class QueueHost implements QueueHandle {
     private readonly deps: QueueHostDeps,
     storedLastGreen: LastGreenRef | null = null,
     recovered: readonly QueueLastGreen[] = [],
-    known: { highWater: number; resuming: readonly number[] } = { highWater: 0, resuming: [] },
+    known: HostKnown = { highWater: 0, resuming: [] },
   ) {
     const context = actor.getSnapshot().context
     this.persistedConfig = context.config
@@ -229,7 +239,7 @@ export class QueueHost implements QueueHandle {
     this.durable = context
     this.endedAtPersist = endedCount(context.stats)
     this.highWater = known.highWater
-    for (const n of known.resuming) this.numbered(n)
+    for (const n of [...known.resuming, ...(known.uncorrected ?? [])]) this.numbered(n)
     this.seenGreen = storedLastGreen === null ? null : { ...storedLastGreen }
     for (const green of recovered) this.track(green)
     this.track(context.lastGreen)
@@ -257,11 +267,12 @@ export class QueueHost implements QueueHandle {
   }
 
   /**
-   * The highest request number through which every request of this queue has ended and
-   * been taken into `context` (counted, and its green, if any, in last green), stored with
-   * the snapshot: recovery looks for green requests the snapshot missed (a crash before its
-   * write) only above it, so a restart does not read a queue's whole history when its last
-   * green is old. Below the lowest request in flight in `context` and below `floor` (see
+   * The highest request number through which every request of this queue has ended and its
+   * end was taken into `context` (a green one into last green), stored with the snapshot:
+   * recovery looks for green requests the snapshot missed (a crash before its write) only
+   * above it, so a restart does not read a queue's whole history when its last green is old.
+   * (Counts are not rebuilt from rows: after a crash they miss the ends since the last
+   * write.) Below the lowest request in flight in `context` and below `floor` (see
    * {@link openFloor}).
    */
   private static settledThrough(context: QueueContext, floor: number): number {
@@ -276,16 +287,30 @@ export class QueueHost implements QueueHandle {
     if (n > this.highWater) this.highWater = n
   }
 
-  /** The actor took in request `n` (or no row will ever have that number). */
-  private taken(n: number): void {
+  /** No row will ever have request number `n` (or it has ended for good): nothing to hold open. */
+  private released(n: number): void {
     this.unaccepted?.delete(n)
     if (this.unaccepted?.size === 0) this.unaccepted = undefined
+  }
+
+  /**
+   * Request `id` (number `n`) was sent to the actor: held open no more once the actor holds
+   * it. A stopped or failed actor drops what it is sent, so then the number stays open: the
+   * snapshot written at stop must not call settled what the actor never took in.
+   */
+  private taken(n: number, id: string): void {
+    if (this.live() && this.actor.getSnapshot().context.requests[id] !== undefined) this.released(n)
+  }
+
+  /** Whether the queue actor takes events: the runtime runs and the queue has not failed. */
+  private live(): boolean {
+    return this.failure === undefined && this.deps.stopped() === undefined
   }
 
   /** Resumes the requests a restart found in flight (their numbers were passed to the constructor). */
   resume(requests: RequestContext[], at: number): void {
     this.actor.send({ type: 'resume', requests, at })
-    for (const request of requests) this.taken(request.n)
+    for (const request of requests) this.taken(request.n, request.id)
   }
 
   /**
@@ -582,7 +607,7 @@ export class QueueHost implements QueueHandle {
       if (winner !== id) {
         // Another process claimed the head first (the claim and the row share a transaction,
         // not an outcome): the row just created must not be validated at the next start.
-        if (row?.status !== 'ok' || (await this.retire(record, winner))) this.taken(n)
+        if (row?.status !== 'ok' || (await this.retire(record, winner))) this.released(n)
         return this.reuse(winner, uri)
       }
     } else {
@@ -594,7 +619,7 @@ export class QueueHost implements QueueHandle {
     // Stopped meanwhile: the request is stored (this ingest is acknowledged) and resumes at the next start.
     if (this.deps.stopped() === undefined) {
       this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })
-      this.taken(n)
+      this.taken(n, id)
     }
     this.deps.onIngest(false)
     return { id, uri, deduplicated: false }
@@ -637,7 +662,7 @@ export class QueueHost implements QueueHandle {
     this.deps.logger.warn({ queue: this.name, requestId: id, uri }, 'healed a request whose row was missing')
     if (result.status === 'ok' && this.deps.stopped() === undefined) {
       this.actor.send({ type: 'request.accepted', id, n, uri, version: 0, createdAt: at, at })
-      this.taken(n)
+      this.taken(n, id)
     }
   }
 
@@ -761,8 +786,14 @@ export class QueueHost implements QueueHandle {
     return this.lost?.has(id) === true
   }
 
-  /** A lost request was recorded after all (its salvage succeeded): waits for it read its row again. */
+  /**
+   * A lost request was recorded after all (its salvage succeeded; the caller tells the actor
+   * next): waits for it read its row again. Once the runtime stops or the queue failed, the
+   * actor takes no more events: the request stays lost (held open, so the snapshot written at
+   * stop does not call it settled), and the next start reads its row.
+   */
   found(id: string): void {
+    if (!this.live()) return
     this.lost?.delete(id)
     if (this.lost?.size === 0) this.lost = undefined
   }

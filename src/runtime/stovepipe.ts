@@ -45,7 +45,7 @@ import { InvalidInputError, NotFoundError, StoppedError, StorageFailedError } fr
 import { FINAL_REQUEST_STATES, type Fact, type QueueRecord, type RequestRecord, type RequestState, type Storage } from '../storage/types.js'
 import { assertQueueName, parseRequestId } from '../storage/validation.js'
 import { normalizeQueueConfig, type QueueConfigInput } from './config.js'
-import { QueueHost, storedSettledThrough, type QueueHandle, type QueueHostDeps } from './queue-host.js'
+import { QueueHost, storedSettledThrough, type HostKnown, type QueueHandle, type QueueHostDeps } from './queue-host.js'
 import {
   buildService,
   existingFact,
@@ -180,16 +180,18 @@ async function allRows(storage: Storage, queue: string, states: RequestState[]):
  * Only rows above the snapshot's `settledThrough` are read (every request up to it had
  * ended and been taken into the snapshot when it was written), so a queue whose last green
  * is old, or that never had one, is not read through its whole history at every start.
- * `highest`: the highest request number read.
+ * `highest`: the highest request number read; `uncorrected`: the numbers of rows whose
+ * correction failed (the queue keeps them unsettled, so that the next start reads them again).
  */
 async function greenMoves(
   deps: { storage: Storage; writer: Writer; logger: Logger; now: () => number },
   queue: string,
   above: number,
   settledThrough: number,
-): Promise<{ moves: QueueLastGreen[]; highest: number }> {
+): Promise<{ moves: QueueLastGreen[]; highest: number; uncorrected: number[] }> {
   const { storage } = deps
   const greens: QueueLastGreen[] = []
+  const uncorrected: number[] = []
   let highest = 0
   let cursor: string | undefined
   scan: do {
@@ -206,7 +208,7 @@ async function greenMoves(
       if (view.verdict !== 'green') continue
       const fact = await existingFact(storage, queue, row.uri)
       if (fact?.degree === 0) greens.push({ uri: row.uri, requestId: row.id, n: view.n, at: view.endedAt ?? row.updatedAt })
-      else await correctVerdict(deps, row, fact)
+      else if (!(await correctVerdict(deps, row, fact))) uncorrected.push(view.n)
     }
     cursor = page.nextCursor
   } while (cursor !== undefined)
@@ -214,20 +216,25 @@ async function greenMoves(
   greens.sort((a, b) => a.at - b.at || a.n - b.n)
   const moves: QueueLastGreen[] = []
   for (const green of greens) if (green.n > (moves.at(-1)?.n ?? above)) moves.push(green)
-  return { moves, highest }
+  return { moves, highest, uncorrected }
 }
 
-/** Rewrites a green row whose commit's fact is not green with the fact's verdict (none: indeterminate). */
+/**
+ * Rewrites a green row whose commit's fact is not green with the fact's verdict (none:
+ * indeterminate). False when the write failed (logged): the next start tries again.
+ */
 async function correctVerdict(
   deps: { writer: Writer; logger: Logger; now: () => number },
   row: RequestRecord,
   fact: Fact | undefined,
-): Promise<void> {
+): Promise<boolean> {
   deps.logger.warn({ requestId: row.id, uri: row.uri, fact }, "a request recorded green disagrees with its commit's fact; corrected")
   const record = correctedRecord(row, fact, deps.now())
-  if (record === undefined) return
+  if (record === undefined) return true
   const [result] = await deps.writer.write([{ op: 'request.update', record, oldVersion: row.version, newVersion: row.version + 1 }])
-  if (result?.status !== 'ok') deps.logger.error({ requestId: row.id, status: result?.status }, 'the corrected verdict was not written')
+  if (result?.status === 'ok') return true
+  deps.logger.error({ requestId: row.id, status: result?.status }, 'the corrected verdict was not written; tried again at the next start')
+  return false
 }
 
 /** Starts a runtime on a storage, resuming whatever a previous runtime left in flight. */
@@ -592,7 +599,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     version: number,
     storedLastGreen: LastGreenRef | null,
     recovered: readonly QueueLastGreen[] = [],
-    known?: { highWater: number; resuming: readonly number[] },
+    known?: HostKnown,
   ): QueueHost => {
     try {
       bindSourceControl(name, context.config)
@@ -688,7 +695,12 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
         record.lastGreen === undefined ? null : { ...record.lastGreen, n: parseRequestId(record.lastGreen.requestId, record.name) }
       // The snapshot may lag the facts: never start from an older last green than storage shows.
       const settledThrough = storedSettledThrough(record.snapshot)
-      const { moves, highest } = await greenMoves({ storage, writer, logger, now }, record.name, storedLastGreen?.n ?? 0, settledThrough)
+      const { moves, highest, uncorrected } = await greenMoves(
+        { storage, writer, logger, now },
+        record.name,
+        storedLastGreen?.n ?? 0,
+        settledThrough,
+      )
       const scanned = moves.at(-1) ?? null
       const fresh = newQueueContext(record.name, config)
       const context: QueueContext = {
@@ -699,7 +711,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       // A newer green found by the scan moves last green: the host persists it with its hook notifications.
       const resuming = contexts.map((c) => c.n)
       const highWater = resuming.reduce((max, n) => Math.max(max, n), Math.max(settledThrough, storedLastGreen?.n ?? 0, highest))
-      const host = spawnQueue(record.name, context, record.version, record.lastGreen ?? null, moves, { highWater, resuming })
+      const host = spawnQueue(record.name, context, record.version, record.lastGreen ?? null, moves, { highWater, resuming, uncorrected })
       if (contexts.length > 0) {
         logger.info({ queue: record.name, requests: contexts.length }, 'resuming requests in flight')
         host.resume(contexts, now())

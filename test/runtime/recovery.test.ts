@@ -4,7 +4,16 @@
  * times; counters continue; facts are never written twice; last green never regresses.
  */
 import { describe, expect, it } from 'vitest'
-import { createStovepipe, EventLogConflictError, StoppedError, StorageUnavailableError, type Storage } from '../../src/index.js'
+import {
+  createStovepipe,
+  EventLogConflictError,
+  StoppedError,
+  StorageFailedError,
+  StorageUnavailableError,
+  type Storage,
+} from '../../src/index.js'
+import type { RequestContext } from '../../src/machines/request.js'
+import { requestRecord } from '../../src/runtime/request-services.js'
 import { createMemoryStorage } from '../../src/storage/memory/index.js'
 import { describeRequest } from '../../src/runtime/views.js'
 import type { QueueRecord, WriteOp } from '../../src/storage/types.js'
@@ -311,6 +320,134 @@ describe('recovery', () => {
     sp = await w.crash()
     main = await w.run(sp.queue('main'))
     expect(main.lastGreen()?.requestId).toBe(healed.id)
+  })
+
+  it('a lost request found green by a salvage that ends while the runtime stops stays unsettled: the next start finds its green', async () => {
+    const reads = { mode: 'ok' as 'ok' | 'broken' | 'gate', gate: undefined as Promise<void> | undefined, waiting: 0 }
+    const hold = { queue: undefined as Promise<void> | undefined, held: 0 }
+    const w = await world({
+      builder: { durationMs: () => 1_000 },
+      wrap: (inner) => ({
+        ...inner,
+        commit: async (ops) => {
+          if (hold.queue !== undefined && ops.some((op) => op.op === 'queue.update')) {
+            hold.held++
+            await hold.queue
+          }
+          return inner.commit(ops)
+        },
+        requests: {
+          ...inner.requests,
+          get: async (id: string) => {
+            if (reads.mode === 'broken') throw new StorageUnavailableError('reads are down')
+            if (reads.mode === 'gate') {
+              reads.waiting++
+              await reads.gate
+            }
+            return inner.requests.get(id)
+          },
+        },
+      }),
+    })
+    const main = await w.run(w.sp.queue('main', { ref: 'main', maxValidationMs: 5_000, leaseGraceMs: 1_000 }))
+    const isLost = (id: string): boolean => (main as unknown as { isLost(id: string): boolean }).isLost(id)
+    w.sc.commit('main', 'a1')
+    const { id } = await w.run(main.ingest())
+    await driveUntil(w.clock, () => w.builder.running() === 1)
+    // Its green end is stored (as a final write whose acknowledgement was lost leaves it), but
+    // its actor cannot know: its own writes fail on the stale version, and reads fail, so
+    // the salvage fails: lost.
+    const row = await w.storage.requests.get(id)
+    const context = (row.data as unknown as { context: RequestContext }).context
+    const now = w.clock.now()
+    await w.storage.facts.put({ queue: 'main', uri: row.uri, project: '', degree: 0, requestId: id, at: now })
+    const green = requestRecord(
+      { ...context, verdict: 'green', degree: 0, reason: null, endedAt: now },
+      'recorded',
+      'recorded',
+      row.version + 5,
+      now,
+    )
+    await w.storage.requests.update(green, row.version, row.version + 5)
+    reads.mode = 'broken'
+    await driveUntil(w.clock, () => isLost(id), { stepMs: 10 })
+    // A config write, slow to land.
+    let releaseQueue = (): void => undefined
+    hold.queue = new Promise((resolve) => (releaseQueue = resolve))
+    const config = track(w.sp.queue('main', { ref: 'main', maxValidationMs: 5_000, leaseGraceMs: 1_000, maxConcurrent: 2 }))
+    await driveUntil(w.clock, () => hold.held === 1)
+    // Its lease expires: it leaves the queue's context (the host still holds it lost).
+    await driveUntil(w.clock, () => main.inFlight().length === 0, { stepMs: 50 })
+    expect(main.stats().leaseExpiries).toBe(1)
+    // A salvage retry reads the row (slowly) while the runtime stops.
+    let releaseReads = (): void => undefined
+    reads.gate = new Promise((resolve) => (releaseReads = resolve))
+    reads.mode = 'gate'
+    await driveUntil(w.clock, () => reads.waiting >= 1, { stepMs: 10 })
+    const stopping = track(w.sp.stop())
+    await settle()
+    reads.mode = 'ok'
+    releaseReads()
+    await settle()
+    expect(isLost(id)).toBe(true) // the stopped queue takes no event: still lost, still unsettled
+    releaseQueue()
+    hold.queue = undefined
+    await driveUntil(w.clock, () => stopping.settled && config.settled)
+    expect(((await w.storage.queues.get('main')).snapshot as { settledThrough?: number }).settledThrough).toBe(0)
+    const sp = await w.restart()
+    const reopened = await w.run(sp.queue('main'))
+    expect(reopened.lastGreen()?.requestId).toBe(id)
+  })
+
+  it('a green row over a red fact whose correction failed at one start is corrected at a later one', async () => {
+    const verdictOf = (op: WriteOp): string | undefined =>
+      op.op === 'request.update' && op.record.state === 'recorded'
+        ? (op.record.data as { context: { verdict: string } }).context.verdict
+        : undefined
+    const gates = { failCorrections: false }
+    const w = await world({
+      builder: { outcome: (uri) => (uri.endsWith('red') ? 'failed' : 'passed') },
+      wrap: (inner) => ({
+        ...inner,
+        commit: async (ops) => {
+          if (gates.failCorrections && ops.some((op) => verdictOf(op) === 'red')) throw new StorageFailedError('refused')
+          return inner.commit(ops)
+        },
+      }),
+    })
+    const main = await w.run(w.sp.queue('main', { ref: 'main' }))
+    w.sc.commit('main', 'a1-red')
+    const { id } = await w.run(main.ingest())
+    expect(await w.run(main.waitFor(id))).toMatchObject({ verdict: 'red' })
+    await w.run(w.sp.stop())
+    // As a crash between the green row and its correction leaves it (the request in flight: nothing settled).
+    const raw = createMemoryStorage({ database: w.database })
+    const row = await raw.requests.get(id)
+    const data = row.data as { context: Record<string, unknown> }
+    await raw.requests.update(
+      { ...row, version: row.version + 1, data: { ...data, context: { ...data.context, verdict: 'green', degree: 0, reason: null } } },
+      row.version,
+      row.version + 1,
+    )
+    const q = await raw.queues.get('main')
+    await raw.queues.update(
+      { ...q, version: q.version + 1, snapshot: { ...(q.snapshot as object), settledThrough: 0 } },
+      q.version,
+      q.version + 1,
+    )
+    // A start whose correction write fails (logged, the row left green) …
+    gates.failCorrections = true
+    let sp = await w.restart()
+    gates.failCorrections = false
+    expect(describeRequest(await w.storage.requests.get(id)).verdict).toBe('green')
+    let again = await w.run(sp.queue('main'))
+    w.sc.commit('main', 'b-red')
+    await w.run(again.waitFor((await w.run(again.ingest())).id))
+    // … keeps it unsettled, so the next start corrects it.
+    sp = await w.restart()
+    again = await w.run(sp.queue('main'))
+    expect(describeRequest(await w.storage.requests.get(id)).verdict).toBe('red')
+    expect(again.lastGreen()).toBeUndefined()
   })
 
   for (const how of ['stop', 'crash'] as const) {
