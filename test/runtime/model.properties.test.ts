@@ -48,7 +48,7 @@ import { createMemoryStorage } from '../../src/storage/memory/index.js'
 import { createFaultyStorage, type FaultyStorage } from '../../src/testing/index.js'
 import type { LastGreenPayload, VerdictPayload } from '../../src/hooks/index.js'
 import { driveUntil, settle, track } from '../support/drive.js'
-import { hookRecorder, type HookBehaviour, type HookRecorder } from '../support/hook-recorder.js'
+import { hookRecorder, recorderWorldOptions, type HookBehaviour, type HookRecorder } from '../support/hook-recorder.js'
 import { world } from '../support/runtime.js'
 
 type Outcome = 'passed' | 'failed' | 'error'
@@ -230,14 +230,7 @@ async function check(mode: Mode, cfg: Setup, steps: Step[]): Promise<void> {
     clock,
     // Jitter from a seed: a run replays exactly (its seed and path reproduce a failure).
     runtime: { random: seededRandom(1), hookRetry: { baseDelayMs: 100, maxDelayMs: 2_000, timeoutMs: 1_500 } },
-    ...(hooks === undefined
-      ? {}
-      : {
-          perStart: (generation: number) => ({ hooks: [hooks.hookFor(generation)] }),
-          onGone: (generation: number) => {
-            hooks.gone(generation)
-          },
-        }),
+    ...recorderWorldOptions(hooks),
     builder: {
       outcome: (uri) => behaviourOf(uri).outcome,
       durationMs: (uri, request) => {

@@ -19,7 +19,7 @@ import { describeRequest } from '../../src/runtime/views.js'
 import type { QueueRecord, WriteOp } from '../../src/storage/types.js'
 import { createFaultyStorage } from '../../src/testing/faulty-storage.js'
 import { driveUntil, settle, track } from '../support/drive.js'
-import { world, type World } from '../support/runtime.js'
+import { droppingQueueWrites, world, type World } from '../support/runtime.js'
 
 async function buildingRequest(w: World, config: Record<string, unknown> = {}): Promise<string> {
   const main = await w.run(w.sp.queue('main', { ref: 'main', ...config }))
@@ -147,19 +147,7 @@ describe('recovery', () => {
 
   it('recovers last green from recorded requests when the queue snapshot lagged behind', async () => {
     let dropQueueWrites = false
-    const w = await world({
-      wrap: (inner) => ({
-        ...inner,
-        // While set, queue snapshot writes "succeed" without reaching storage: a snapshot lag.
-        commit: async (ops) => {
-          if (!dropQueueWrites) return inner.commit(ops)
-          const kept = ops.filter((op) => op.op !== 'queue.update')
-          const results = await inner.commit(kept)
-          let k = 0
-          return ops.map((op) => (op.op === 'queue.update' ? { status: 'ok' as const } : (results[k++] ?? { status: 'ok' as const })))
-        },
-      }),
-    })
+    const w = await world({ wrap: (inner) => ({ ...inner, commit: droppingQueueWrites(inner, () => dropQueueWrites) }) })
     let main = await w.run(w.sp.queue('main', { ref: 'main' }))
     w.sc.commit('main', 'a1')
     await w.run(main.waitFor((await w.run(main.ingest())).id))
@@ -180,16 +168,7 @@ describe('recovery', () => {
     let dropQueueWrites = false
     const w = await world({
       builder: { durationMs: (uri) => (uri.endsWith('slow') ? 5_000 : 0), outcome: (uri) => (uri.endsWith('red') ? 'failed' : 'passed') },
-      wrap: (inner) => ({
-        ...inner,
-        commit: async (ops) => {
-          if (!dropQueueWrites) return inner.commit(ops)
-          const kept = ops.filter((op) => op.op !== 'queue.update')
-          const results = await inner.commit(kept)
-          let k = 0
-          return ops.map((op) => (op.op === 'queue.update' ? { status: 'ok' as const } : (results[k++] ?? { status: 'ok' as const })))
-        },
-      }),
+      wrap: (inner) => ({ ...inner, commit: droppingQueueWrites(inner, () => dropQueueWrites) }),
     })
     let main = await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 2 }))
     w.sc.commit('main', 'slow')
@@ -213,20 +192,19 @@ describe('recovery', () => {
     const gates = { dropQueueWrites: false, holdCreates: undefined as Promise<void> | undefined, held: 0 }
     const w = await world({
       builder: { durationMs, outcome: (uri) => (uri.endsWith('red') ? 'failed' : 'passed') },
-      wrap: (inner) => ({
-        ...inner,
-        commit: async (ops) => {
-          if (gates.holdCreates !== undefined && ops.some((op) => op.op === 'request.create')) {
-            gates.held++
-            await gates.holdCreates
-          }
-          if (!gates.dropQueueWrites) return inner.commit(ops)
-          const kept = ops.filter((op) => op.op !== 'queue.update')
-          const results = await inner.commit(kept)
-          let k = 0
-          return ops.map((op) => (op.op === 'queue.update' ? { status: 'ok' as const } : (results[k++] ?? { status: 'ok' as const })))
-        },
-      }),
+      wrap: (inner) => {
+        const commit = droppingQueueWrites(inner, () => gates.dropQueueWrites)
+        return {
+          ...inner,
+          commit: async (ops) => {
+            if (gates.holdCreates !== undefined && ops.some((op) => op.op === 'request.create')) {
+              gates.held++
+              await gates.holdCreates
+            }
+            return commit(ops)
+          },
+        }
+      },
     })
     const settledThrough = async (): Promise<number | undefined> =>
       ((await w.storage.queues.get('main')).snapshot as { settledThrough?: number }).settledThrough

@@ -6,6 +6,7 @@
 import type { SimulatedClock } from 'xstate'
 import { seededRandom } from '../../src/actors/index.js'
 import type { Hook, HookContext, LastGreenPayload, VerdictPayload } from '../../src/hooks/index.js'
+import type { WorldOptions } from './runtime.js'
 
 /** One call the recorder received. */
 export interface RecordedCall {
@@ -81,4 +82,15 @@ export function hookRecorder(clock: SimulatedClock, behaviour: HookBehaviour, se
     delivered: () => calls.filter((c) => c.outcome === 'delivered'),
   }
   return recorder
+}
+
+/** The `world` options that give each start of the runtime the recorder's hook (and tell it when that start is gone). */
+export function recorderWorldOptions(hooks: HookRecorder | undefined): Pick<WorldOptions, 'perStart' | 'onGone'> {
+  if (hooks === undefined) return {}
+  return {
+    perStart: (generation: number) => ({ hooks: [hooks.hookFor(generation)] }),
+    onGone: (generation: number) => {
+      hooks.gone(generation)
+    },
+  }
 }

@@ -17,8 +17,8 @@ import { describeRequest } from '../../src/runtime/views.js'
 import { createMemoryStorage } from '../../src/storage/memory/index.js'
 import type { LastGreenPayload } from '../../src/hooks/index.js'
 import { driveUntil, settle, track } from './drive.js'
-import { hookRecorder, type HookRecorder } from './hook-recorder.js'
-import { world, type World } from './runtime.js'
+import { hookRecorder, recorderWorldOptions, type HookRecorder } from './hook-recorder.js'
+import { droppingQueueWrites, world, type World } from './runtime.js'
 import { createFaultyStorage, type FaultyStorage } from '../../src/testing/index.js'
 
 /** A build's outcome: passed, failed, error. */
@@ -94,14 +94,7 @@ export async function check(cfg: Setup, steps: Step[]): Promise<void> {
         ? {}
         : { writer: { retry: { maxAttempts: cfg.writerAttempts, baseDelayMs: 10, maxDelayMs: 50 } } }),
     },
-    ...(hooks === undefined
-      ? {}
-      : {
-          perStart: (generation: number) => ({ hooks: [hooks.hookFor(generation)] }),
-          onGone: (generation: number) => {
-            hooks.gone(generation)
-          },
-        }),
+    ...recorderWorldOptions(hooks),
     builder: {
       outcome: (uri) => behaviourOf(uri).outcome,
       durationMs: (uri) => behaviourOf(uri).durationMs,
@@ -115,6 +108,7 @@ export async function check(cfg: Setup, steps: Step[]): Promise<void> {
       }
       gens.push(g)
       current = gens.length - 1
+      const commit = droppingQueueWrites(inner, () => g.drop)
       return {
         ...inner,
         commit: async (ops: readonly WriteOp[]) => {
@@ -125,11 +119,7 @@ export async function check(cfg: Setup, steps: Step[]): Promise<void> {
           if (gone()) throw new StorageUnavailableError('dead runtime')
           if (g.poison && ops.some((op) => op.op === 'request.update' && ['recorded', 'superseded', 'cancelled'].includes(op.record.state)))
             throw new StorageFailedError('poisoned final write')
-          if (!g.drop) return inner.commit(ops)
-          const kept = ops.filter((op) => op.op !== 'queue.update')
-          const results = kept.length === 0 ? [] : await inner.commit(kept)
-          let k = 0
-          return ops.map((op) => (op.op === 'queue.update' ? { status: 'ok' as const } : (results[k++] ?? { status: 'ok' as const })))
+          return commit(ops)
         },
       }
     },

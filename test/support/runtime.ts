@@ -99,3 +99,18 @@ export async function world(options: WorldOptions = {}): Promise<World> {
   }
   return w
 }
+
+/**
+ * `commit` of `inner`, except that while `dropping()` holds, queue snapshot writes
+ * "succeed" without reaching storage (reported ok, never applied): a snapshot that lags,
+ * as a crash right before its write leaves it.
+ */
+export function droppingQueueWrites(inner: Storage, dropping: () => boolean): Storage['commit'] {
+  return async (ops) => {
+    if (!dropping()) return inner.commit(ops)
+    const kept = ops.filter((op) => op.op !== 'queue.update')
+    const results = kept.length === 0 ? [] : await inner.commit(kept)
+    let k = 0
+    return ops.map((op) => (op.op === 'queue.update' ? { status: 'ok' as const } : (results[k++] ?? { status: 'ok' as const })))
+  }
+}
