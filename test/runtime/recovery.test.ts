@@ -10,6 +10,7 @@ import {
   StoppedError,
   StorageFailedError,
   StorageUnavailableError,
+  type QueueHandle,
   type Storage,
 } from '../../src/index.js'
 import type { RequestContext } from '../../src/machines/request.js'
@@ -27,6 +28,17 @@ async function buildingRequest(w: World, config: Record<string, unknown> = {}): 
   const { id } = await w.run(main.ingest())
   await driveUntil(w.clock, () => w.builder.running() === 1)
   return id
+}
+
+/**
+ * Waits for request `id` to end as the queue's last green (its snapshot write dropped by the
+ * caller), crashes the runtime, and checks that the next start finds it last green.
+ */
+async function greenFoundAfterCrash(w: World, main: QueueHandle, id: string): Promise<void> {
+  await w.run(main.waitFor(id))
+  expect(main.lastGreen()?.requestId).toBe(id)
+  const sp = await w.crash()
+  expect((await w.run(sp.queue('main'))).lastGreen()?.requestId).toBe(id)
 }
 
 describe('recovery', () => {
@@ -170,7 +182,7 @@ describe('recovery', () => {
       builder: { durationMs: (uri) => (uri.endsWith('slow') ? 5_000 : 0), outcome: (uri) => (uri.endsWith('red') ? 'failed' : 'passed') },
       wrap: (inner) => ({ ...inner, commit: droppingQueueWrites(inner, () => dropQueueWrites) }),
     })
-    let main = await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 2 }))
+    const main = await w.run(w.sp.queue('main', { ref: 'main', maxConcurrent: 2 }))
     w.sc.commit('main', 'slow')
     const slow = await w.run(main.ingest())
     await driveUntil(w.clock, () => w.builder.running() === 1)
@@ -180,11 +192,7 @@ describe('recovery', () => {
     const stored = await w.storage.queues.get('main')
     expect((stored.snapshot as { settledThrough?: number }).settledThrough).toBe(0)
     dropQueueWrites = true
-    await w.run(main.waitFor(slow.id))
-    expect(main.lastGreen()?.requestId).toBe(slow.id)
-    const sp = await w.crash()
-    main = await w.run(sp.queue('main'))
-    expect(main.lastGreen()?.requestId).toBe(slow.id)
+    await greenFoundAfterCrash(w, main, slow.id)
   })
 
   /** A world whose queue snapshot writes can be dropped (they "succeed" without reaching storage), and request creations held. */
@@ -232,22 +240,18 @@ describe('recovery', () => {
     const slow = await w.run(main.ingest())
     await driveUntil(w.clock, () => w.builder.running() === 1)
     gates.dropQueueWrites = false
-    let sp = await w.crash()
+    const sp = await w.crash()
     main = await w.run(sp.queue('main'))
     expect(main.lastGreen()?.requestId).toBe(fast.id)
     await stored((row) => row.lastGreen?.requestId === fast.id)
     expect(await settledThrough()).toBe(1)
     gates.dropQueueWrites = true
-    await w.run(main.waitFor(slow.id))
-    expect(main.lastGreen()?.requestId).toBe(slow.id)
-    sp = await w.crash()
-    main = await w.run(sp.queue('main'))
-    expect(main.lastGreen()?.requestId).toBe(slow.id)
+    await greenFoundAfterCrash(w, main, slow.id)
   })
 
   it('a request being minted is not settled by a snapshot written meanwhile', async () => {
     const { w, gates, settledThrough } = await laggingWorld(() => 0)
-    let main = await w.run(w.sp.queue('main', { ref: 'main' }))
+    const main = await w.run(w.sp.queue('main', { ref: 'main' }))
     let release = (): void => undefined
     gates.holdCreates = new Promise((resolve) => (release = resolve))
     w.sc.commit('main', 'a1')
@@ -262,11 +266,7 @@ describe('recovery', () => {
     expect(await settledThrough()).toBe(0)
     gates.dropQueueWrites = true
     const { id } = ingest.value as { id: string }
-    await w.run(main.waitFor(id))
-    expect(main.lastGreen()?.requestId).toBe(id)
-    const sp = await w.crash()
-    main = await w.run(sp.queue('main'))
-    expect(main.lastGreen()?.requestId).toBe(id)
+    await greenFoundAfterCrash(w, main, id)
   })
 
   it('a request healed under an old number is not settled by the snapshot: its green is found after a crash', async () => {
@@ -278,7 +278,7 @@ describe('recovery', () => {
     await w.storage.requestUris.create({ queue: 'main', uri: 'fake://old', requestId: 'request/main/1' })
     w.sc.commit('main', 'red')
     await w.run(main.waitFor((await w.run(main.ingest())).id))
-    let sp = await w.restart()
+    const sp = await w.restart()
     main = await w.run(sp.queue('main'))
     expect(await settledThrough()).toBe(2)
     w.sc.commit('main', 'old')
@@ -293,11 +293,7 @@ describe('recovery', () => {
     release()
     const healed = await w.run(ingest)
     expect(healed).toEqual({ id: 'request/main/1', uri: 'fake://old', deduplicated: true })
-    await w.run(main.waitFor(healed.id))
-    expect(main.lastGreen()?.requestId).toBe(healed.id)
-    sp = await w.crash()
-    main = await w.run(sp.queue('main'))
-    expect(main.lastGreen()?.requestId).toBe(healed.id)
+    await greenFoundAfterCrash(w, main, healed.id)
   })
 
   it('a lost request found green by a salvage that ends while the runtime stops stays unsettled: the next start finds its green', async () => {
