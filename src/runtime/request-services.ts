@@ -278,9 +278,28 @@ export function correctedRecord(row: RequestRecord, fact: Fact | undefined, at: 
 }
 
 /**
+ * Writes the correction of a green row whose commit's fact disagrees (see
+ * {@link correctedRecord}; CAS from the row's version), with a warning in the log. Resolves
+ * with the row written and the write's result, or undefined when the row has no context to
+ * correct (nothing written).
+ */
+export async function writeCorrection(
+  deps: { writer: Writer; logger: Logger },
+  row: RequestRecord,
+  fact: Fact | undefined,
+  at: number,
+): Promise<{ record: RequestRecord; result: WriterResult | undefined } | undefined> {
+  const record = correctedRecord(row, fact, at)
+  if (record === undefined) return undefined
+  deps.logger.warn({ requestId: row.id, uri: row.uri, fact }, "a request recorded green disagrees with its commit's fact; corrected")
+  const [result] = await deps.writer.write([{ op: 'request.update', record, oldVersion: row.version, newVersion: row.version + 1 }])
+  return { record, result }
+}
+
+/**
  * The outcome a recorded row stores, as its queue may count it, or undefined when the row is
  * not recorded. A green row is checked against its commit's fact first and, when they
- * disagree, corrected (CAS; see {@link correctedRecord}): an outcome adopted from an earlier
+ * disagree, corrected ({@link writeCorrection}): an outcome adopted from an earlier
  * attempt's write, or found by a salvage, never counts a commit green, nor moves last green
  * to it, unless its fact is green. Tells `committed` of the row it returns the outcome of.
  */
@@ -291,19 +310,18 @@ export async function checkedOutcome(
   const output = recordedOutput(row)
   if (output === undefined) return undefined
   const fact = output.verdict === 'green' ? await existingFact(deps.storage, row.queue, row.uri) : undefined
-  const corrected =
-    output.verdict === 'green' && fact?.degree !== 0 ? correctedRecord(row, fact, Math.max(0, Math.floor(deps.clock.now()))) : undefined
-  if (corrected === undefined) {
+  const correction =
+    output.verdict === 'green' && fact?.degree !== 0
+      ? await writeCorrection(deps, row, fact, Math.max(0, Math.floor(deps.clock.now())))
+      : undefined
+  if (correction === undefined) {
     deps.committed(row)
     return output
   }
-  deps.logger.warn({ requestId: row.id, uri: row.uri, fact }, "a request recorded green disagrees with its commit's fact; corrected")
-  const [result] = await deps.writer.write([
-    { op: 'request.update', record: corrected, oldVersion: row.version, newVersion: row.version + 1 },
-  ])
+  const { record, result } = correction
   if (result?.status === 'ok') {
-    deps.committed(corrected)
-    return recordedOutput(corrected)
+    deps.committed(record)
+    return recordedOutput(record)
   }
   // Written meanwhile (this correction, its acknowledgement lost; or another): check that row.
   const again = result?.status === 'version_mismatch' ? await deps.storage.requests.get(row.id).catch(() => undefined) : undefined

@@ -50,11 +50,11 @@ import {
   buildService,
   existingFact,
   checkedOutcome,
-  correctedRecord,
   outboxOutcome,
   requestRecord,
   stepService,
   verdictPayload,
+  writeCorrection,
   type RequestServiceDeps,
 } from './request-services.js'
 import { describeRequest, type RequestView } from './views.js'
@@ -228,12 +228,12 @@ async function correctVerdict(
   row: RequestRecord,
   fact: Fact | undefined,
 ): Promise<boolean> {
-  deps.logger.warn({ requestId: row.id, uri: row.uri, fact }, "a request recorded green disagrees with its commit's fact; corrected")
-  const record = correctedRecord(row, fact, deps.now())
-  if (record === undefined) return true
-  const [result] = await deps.writer.write([{ op: 'request.update', record, oldVersion: row.version, newVersion: row.version + 1 }])
-  if (result?.status === 'ok') return true
-  deps.logger.error({ requestId: row.id, status: result?.status }, 'the corrected verdict was not written; tried again at the next start')
+  const correction = await writeCorrection(deps, row, fact, deps.now())
+  if (correction === undefined || correction.result?.status === 'ok') return true
+  deps.logger.error(
+    { requestId: row.id, status: correction.result?.status },
+    'the corrected verdict was not written; tried again at the next start',
+  )
   return false
 }
 
