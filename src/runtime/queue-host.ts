@@ -17,6 +17,7 @@ import {
   type QueueActor,
   type QueueConfig,
   type QueueContext,
+  type QueueEvent,
   type QueueLastGreen,
 } from '../machines/queue.js'
 import type { AnyActorRef } from 'xstate'
@@ -787,15 +788,16 @@ export class QueueHost implements QueueHandle {
   }
 
   /**
-   * A lost request was recorded after all (its salvage succeeded; the caller tells the actor
-   * next): waits for it read its row again. Once the runtime stops or the queue failed, the
+   * A lost request was recorded after all (its salvage succeeded): the actor hears its `end`,
+   * and waits for it read its row again. Once the runtime stops or the queue failed, the
    * actor takes no more events: the request stays lost (held open, so the snapshot written at
    * stop does not call it settled), and the next start reads its row.
    */
-  found(id: string): void {
+  found(id: string, end: QueueEvent): void {
     if (!this.live()) return
     this.lost?.delete(id)
     if (this.lost?.size === 0) this.lost = undefined
+    this.actor.send(end)
   }
 
   /** Rejects who waits for a request (those waiting for a state `state` reaches; all without `state`). */

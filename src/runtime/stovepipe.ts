@@ -418,8 +418,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
         if (outbox.length > 0) outboxOutcome({ logger, outboxWritten }, results.slice(0, -1), `hook notification of ${id}`)
         const result = results[results.length - 1]
         if (result?.status !== 'ok') throw new Error(`salvage write: ${result?.status ?? 'no result'}`)
-        host?.found(id)
-        host?.actor.send({ type: 'request.salvaged', id, n, uri: row.uri, at: now() })
+        host?.found(id, { type: 'request.salvaged', id, n, uri: row.uri, at: now() })
         host?.notify(id, 'recorded')
         return
       }
@@ -427,8 +426,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       // queue hears the end the row stores (a green one checked against the commit's fact).
       if (row.state === 'recorded') {
         const recorded = await checkedOutcome(serviceDeps, row)
-        host?.found(id)
-        host?.actor.send({
+        host?.found(id, {
           type: 'request.recorded',
           id,
           n,
@@ -437,8 +435,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
           at: recorded?.at ?? now(),
         })
       } else {
-        host?.found(id)
-        host?.actor.send({ type: 'request.ended', id, n, state: row.state as 'superseded' | 'cancelled', at: now() })
+        host?.found(id, { type: 'request.ended', id, n, state: row.state as 'superseded' | 'cancelled', at: now() })
       }
       host?.notify(id, row.state)
     } catch (salvageError) {
