@@ -12,10 +12,12 @@ import {
   type BuildServiceEvent,
   newQueueContext,
   newRequestContext,
+  QUEUES_PER_GROUP,
+  queueGroupId,
+  queueGroupMachine,
   queueMachine,
   requestMachine,
   type QueueConfig,
-  type QueueContext,
   type RequestContext,
   type RequestEvent,
   type StepInput,
@@ -114,8 +116,9 @@ export const stubSteps = fromCallback<StepServiceEvent>(({ receive }) => {
 })
 
 /**
- * The bare baseline: one actor system shaped like the runtime's (a root spawning one queue
- * actor per queue, request actors as their children), the real queue and request machines
+ * The bare baseline: one actor system shaped like the runtime's (a root spawning queue
+ * groups, each spawning up to QUEUES_PER_GROUP queue actors, request actors as their
+ * children), the real queue and request machines
  * with stub step and build services answering at once and the runtime's timer service, no
  * storage, no writer, no event log.
  */
@@ -146,9 +149,10 @@ export class BareSystem {
           event.reply.send({ type: 'build.done', result: { outcome: 'passed' }, version: event.context.version + 1 })
       })
     })
+    const group = queueGroupMachine.provide({ actors: { queue } })
     const root = setup({
-      types: { events: {} as { type: 'queue.open'; name: string; context: QueueContext } },
-      actors: { queue, builds, steps: stubSteps, timers: timerService({ now: () => Date.now() }) },
+      types: { events: {} as { type: 'group.open'; index: number } },
+      actors: { group, builds, steps: stubSteps, timers: timerService({ now: () => Date.now() }) },
     }).createMachine({
       id: 'bare',
       invoke: [
@@ -157,9 +161,10 @@ export class BareSystem {
         { src: 'timers', id: 'timers', systemId: TIMER_SERVICE },
       ],
       on: {
-        'queue.open': {
+        'group.open': {
           actions: enqueueActions(({ enqueue, event }) => {
-            enqueue.spawnChild('queue', { id: `queue:${event.name}`, systemId: `queue:${event.name}`, input: { context: event.context } })
+            const id = queueGroupId(event.index)
+            enqueue.spawnChild('group', { id, systemId: id })
           }),
         },
       },
@@ -170,7 +175,9 @@ export class BareSystem {
   /** Spawns a queue actor. */
   open(name: string, maxConcurrent = 1): void {
     const context = newQueueContext(name, queueConfig(name, maxConcurrent))
-    this.root.send({ type: 'queue.open', name, context })
+    const index = Math.floor(this.counters.size / QUEUES_PER_GROUP)
+    if (this.counters.size % QUEUES_PER_GROUP === 0) this.root.send({ type: 'group.open', index })
+    ;(this.root.system.get(queueGroupId(index)) as AnyActorRef).send({ type: 'queue.open', name, context })
     this.counters.set(name, 0)
   }
 

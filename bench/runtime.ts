@@ -48,14 +48,18 @@
  *    build (a resumed step is not written again first); against raw better-sqlite3 reading
  *    the same rows (`SELECT * … WHERE state NOT IN (final)`, `JSON.parse(data)`) and starting as many
  *    bare request actors (no services: builds held) from `{ kind: 'resume', context }`.
+ * 4. idle queues at 500 and at 4000: opening them one `sp.queue()` after another, `stop()`,
+ *    and a `createStovepipe` that reopens them; the time per queue at 4000 over the time per
+ *    queue at 500 (no goal in the issue; ours: at most 2, where growth with the square of
+ *    the number of queues reads about 8).
  *
- * Parts 2 and 3 run in child processes of this script (`--child <name>`), so that each
+ * Parts 2, 3 and 4 run in child processes of this script (`--child <name>`), so that each
  * heap and each restart starts from a fresh process.
  * Heap figures need `--expose-gc` and the restart room for 100 000 actors, so the script
  * re-executes itself with `--expose-gc --max-old-space-size=8192` when started without gc.
  * Ends with one `target` line per goal. Environment: BENCH_RUNTIME_SECONDS (default 2),
  * BENCH_RUNTIME_ROUNDS (lifecycle rounds, default 2), BENCH_RUNTIME_RESTART_ROUNDS (default
- * 3: a single round swung between 1.5x and 2.3x), BENCH_RUNTIME_PARTS (default `lifecycles,heap,restart`).
+ * 3: a single round swung between 1.5x and 2.3x), BENCH_RUNTIME_PARTS (default `lifecycles,heap,restart,queues`).
  */
 import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -88,7 +92,7 @@ import { median, printTargets, type Target } from './support.js'
 const SECONDS = Number(process.env.BENCH_RUNTIME_SECONDS ?? 2)
 const LIFECYCLE_ROUNDS = Number(process.env.BENCH_RUNTIME_ROUNDS ?? 2)
 const RESTART_ROUNDS = Number(process.env.BENCH_RUNTIME_RESTART_ROUNDS ?? 3)
-const PARTS = new Set((process.env.BENCH_RUNTIME_PARTS ?? 'lifecycles,heap,restart').split(','))
+const PARTS = new Set((process.env.BENCH_RUNTIME_PARTS ?? 'lifecycles,heap,restart,queues').split(','))
 /** How one lifecycle case spreads its load. */
 interface Case {
   label: string
@@ -550,6 +554,60 @@ async function benchRestart(dir: string): Promise<{ rounds: RestartRound[]; shap
   return { rounds, shapeProblem, setupMs }
 }
 
+/** 4: opening, stopping and restarting idle queues at two sizes, to see how the costs grow. */
+const QUEUE_SIZES = [500, 4000] as const
+/** Milliseconds for each phase of {@link queuesOurs}. */
+interface QueuesResult {
+  open: number
+  stop: number
+  restart: number
+  stopAgain: number
+}
+
+/**
+ * 4 (in a child process, one per size): open `count` idle queues one after another (each
+ * `sp.queue(name, config)` awaited, as a host adding queues does), `stop()`, start a
+ * runtime on the same file (every queue reopens) and `stop()` it. A warm-up of 200 queues on
+ * another file first, so that both sizes run warm code.
+ */
+const collect = (): void => {
+  ;(globalThis as unknown as { gc: () => void }).gc()
+}
+
+async function queuesOurs(dir: string, count: number): Promise<QueuesResult> {
+  const run = async (filename: string, n: number): Promise<QueuesResult> => {
+    let storage = await openSqliteStorage({ filename })
+    const sourceControl = createStatelessSourceControl()
+    const builder = createHeldBuilder()
+    let sp = await createStovepipe({ storage, sourceControl, builder })
+    let start = performance.now()
+    for (const q of range(n)) await sp.queue(`q${q}`, queueConfig(`q${q}`))
+    const open = since(start)
+    // A full collection before each stop, so that a stop does not also pay for the garbage
+    // of what came before (whether a major GC fell into it varied from run to run).
+    collect()
+    start = performance.now()
+    await sp.stop()
+    const stop = since(start)
+    await storage.close()
+    storage = await openSqliteStorage({ filename })
+    start = performance.now()
+    sp = await createStovepipe({ storage, sourceControl, builder })
+    const restart = since(start)
+    if (sp.queues().length !== n) throw new Error(`${sp.queues().length} queues reopened, expected ${n}`)
+    collect()
+    start = performance.now()
+    await sp.stop()
+    const stopAgain = since(start)
+    await storage.close()
+    return { open, stop, restart, stopAgain }
+  }
+  await run(join(dir, `queues-warm-${count}.db`), 200)
+  const result = await run(join(dir, `queues-${count}.db`), count)
+  progress(`queues: ${count} opened in ${result.open.toFixed(0)} ms, restarted in ${result.restart.toFixed(0)} ms`)
+  return result
+}
+
 /** Runs `--child <name> <args>` of this script in a fresh process (same node flags) and returns its RESULT. */
 function inChild(name: string, ...args: string[]): unknown {
   const script = process.argv[1] as string
@@ -564,7 +622,7 @@ function inChild(name: string, ...args: string[]): unknown {
 }
 
 /** The child side of {@link inChild}: measures, prints `RESULT <json>`, exits without stopping anything. */
-async function child(name: string | undefined, arg: string | undefined): Promise<void> {
+async function child(name: string | undefined, arg: string | undefined, arg2: string | undefined): Promise<void> {
   let result: unknown
   if (name === 'heap-ours' && arg !== undefined) result = await heapOurs(arg)
   else if (name === 'heap-bare') result = await heapBare()
@@ -572,6 +630,7 @@ async function child(name: string | undefined, arg: string | undefined): Promise
   else if (name === 'heap-abort-signal') result = await heapAbortSignal()
   else if (name === 'restart-ours' && arg !== undefined) result = await restartOurs(arg)
   else if (name === 'restart-baseline' && arg !== undefined) result = restartBaseline(arg)
+  else if (name === 'queues' && arg !== undefined && arg2 !== undefined) result = await queuesOurs(arg, Number(arg2))
   else throw new Error(`unknown child ${String(name)} ${String(arg)}`)
   process.stdout.write(`RESULT ${JSON.stringify(result)}\n`, () => process.exit(0))
 }
@@ -678,6 +737,36 @@ function reportRestart(restart: Awaited<ReturnType<typeof benchRestart>>, target
   })
 }
 
+function reportQueues(bySize: ReadonlyMap<number, QueuesResult>, targets: Target[]): void {
+  const [small, large] = QUEUE_SIZES
+  const a = bySize.get(small) as QueuesResult
+  const b = bySize.get(large) as QueuesResult
+  console.log('')
+  console.log(
+    `idle queues: ms per queue at ${small} and at ${large} queues (ratio: linear reads about 1, quadratic about ${large / small})`,
+  )
+  const phases: [keyof QueuesResult, string][] = [
+    ['open', 'open, one sp.queue() after another'],
+    ['stop', 'stop()'],
+    ['restart', 'createStovepipe reopening them'],
+    ['stopAgain', 'stop() after the restart'],
+  ]
+  for (const [key, label] of phases) {
+    const perA = a[key] / small
+    const perB = b[key] / large
+    console.log(`${label.padEnd(40)}${pad(perA.toFixed(3), 10)}${pad(perB.toFixed(3), 10)}   ratio ${(perB / perA).toFixed(2)}`)
+  }
+  for (const [key, label] of phases.slice(0, 3)) {
+    targets.push({
+      name: `growth of ${label}, per queue at ${large} over ${small} queues`,
+      value: b[key] / large / (a[key] / small),
+      goal: 2,
+      atMost: true,
+      unit: 'x',
+    })
+  }
+}
+
 async function main(): Promise<void> {
   console.log(
     `bench:runtime — SQLite file (WAL), fake builder at 0 ms, real clock, ${SECONDS} s per lifecycle case; node ${process.version}, ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown cpu'})`,
@@ -697,9 +786,11 @@ async function main(): Promise<void> {
         }
       : undefined
     const restart = PARTS.has('restart') ? await benchRestart(dir) : undefined
+    const queues = PARTS.has('queues') ? new Map(QUEUE_SIZES.map((n) => [n, inChild('queues', dir, String(n)) as QueuesResult])) : undefined
     if (lifecycles !== undefined) reportLifecycles(lifecycles, targets)
     if (heap !== undefined) reportHeap(heap, targets)
     if (restart !== undefined) reportRestart(restart, targets)
+    if (queues !== undefined) reportQueues(queues, targets)
     console.log('')
     console.log(`whole bench ${(since(started) / 1000).toFixed(0)} s`)
     printTargets(targets)
@@ -719,7 +810,7 @@ if (typeof (globalThis as { gc?: unknown }).gc !== 'function') {
   )
   process.exitCode = child.status ?? 1
 } else if (process.argv[2] === '--child') {
-  await child(process.argv[3], process.argv[4])
+  await child(process.argv[3], process.argv[4], process.argv[5])
 } else {
   await main()
 }

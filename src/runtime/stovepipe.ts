@@ -1,7 +1,8 @@
 /**
  * `createStovepipe`: the runtime. One XState actor system: a root actor, one queue actor
- * per queue (spawned programmatically), one request actor per request in flight (children
- * of their queue), the event log, the writer, and three services the actors share: steps
+ * per queue (spawned programmatically, into groups of up to 32 under the root: see
+ * `queueGroupMachine`), one request actor per request in flight (children of their queue),
+ * the event log, the writer, and three services the actors share: steps
  * (planning, recording), builds and timers. Every durable change goes through the writer;
  * every request transition goes to the event log.
  *
@@ -13,7 +14,16 @@
  */
 import type { Logger } from 'pino'
 import { Counter, Registry } from 'prom-client'
-import { createActor, enqueueActions, fromCallback, setup, type AnyActorRef, type InspectionEvent, type Observer } from 'xstate'
+import {
+  createActor,
+  enqueueActions,
+  fromCallback,
+  setup,
+  type ActorRefFrom,
+  type AnyActorRef,
+  type InspectionEvent,
+  type Observer,
+} from 'xstate'
 import { backoffDelay, sleep, systemClock, type Clock } from '../actors/clock.js'
 import { createEventLog, eventLogActor, type EventLog, type EventLogOptions, type EventLogStopReport } from '../actors/event-log.js'
 import { silentLogger } from '../actors/observability.js'
@@ -32,6 +42,7 @@ import {
   type QueueContext,
   type QueueLastGreen,
 } from '../machines/queue.js'
+import { QUEUES_PER_GROUP, queueGroupId, queueGroupMachine } from '../machines/queue-group.js'
 import {
   BUILD_SERVICE,
   STEP_SERVICE,
@@ -123,7 +134,8 @@ export interface Stovepipe {
 }
 
 type RootEvent =
-  | { type: 'queue.open'; name: string; context: QueueContext }
+  /** Spawn queue group `index` (see {@link queueGroupMachine}). */
+  | { type: 'group.open'; index: number }
   /** A child actor failed (XState relays a child's error to its parent). */
   | { type: `xstate.error.actor.${string}`; error: unknown }
 
@@ -480,10 +492,11 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     types: { events: {} as RootEvent },
     actions: {
       childFailed: ({ event }) => {
-        if (event.type === 'queue.open') return
+        if (event.type === 'group.open') return
         const actor = event.type.slice('xstate.error.actor.'.length)
         if (!actor.startsWith('queue:')) {
-          // The event log, writer or hooks actor: the runtime cannot go on without it. It stops
+          // The event log, writer, hooks actor or a queue group (which a queue's failure
+          // reaches the root through): the runtime cannot go on without it. It stops
           // (not by failing the root, which would leave the queues and their builds running).
           failRuntime(`its ${actor} actor failed`, event.error)
           return
@@ -493,7 +506,7 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       },
     },
     actors: {
-      queue,
+      group: queueGroupMachine.provide({ actors: { queue } }),
       eventLog: eventLogActor(events),
       writer: fromCallback(() => undefined),
       // The dispatcher lives as long as the actor system: stopping the root (or abandoning it) halts it.
@@ -518,9 +531,11 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       // A failed queue is stopped by XState and fails alone (QueueHost.fail); a failed event
       // log, writer or hooks actor stops the runtime.
       'xstate.error.actor.*': { actions: 'childFailed' },
-      'queue.open': {
+      // Queue actors are spawned into groups of QUEUES_PER_GROUP (see queueGroupMachine), not here.
+      'group.open': {
         actions: enqueueActions(({ enqueue, event }) => {
-          enqueue.spawnChild('queue', { id: `queue:${event.name}`, systemId: `queue:${event.name}`, input: { context: event.context } })
+          const id = queueGroupId(event.index)
+          enqueue.spawnChild('group', { id, systemId: id })
         }),
       },
     },
@@ -590,6 +605,8 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
     outboxWritten,
   }
 
+  /** Queue actors spawned so far (they fill the groups in order). */
+  let queuesSpawned = 0
   const spawnQueue = (
     name: string,
     context: QueueContext,
@@ -606,7 +623,13 @@ export async function createStovepipe(options: StovepipeOptions): Promise<Stovep
       logger.error({ err: error, queue: name }, 'queue source control unavailable; open the queue with a corrected config')
       sourceControls.set(name, error instanceof Error ? error : new Error(String(error)))
     }
-    rootActor.send({ type: 'queue.open', name, context })
+    // Into the newest group while it has room, else into a new one.
+    const index = Math.floor(queuesSpawned / QUEUES_PER_GROUP)
+    if (queuesSpawned % QUEUES_PER_GROUP === 0) rootActor.send({ type: 'group.open', index })
+    queuesSpawned++
+    const group = rootActor.system.get(queueGroupId(index)) as ActorRefFrom<typeof queueGroupMachine> | undefined
+    if (group === undefined) throw new Error(`queue group ${index} did not start`)
+    group.send({ type: 'queue.open', name, context })
     const actor = rootActor.system.get(`queue:${name}`) as QueueActor | undefined
     if (actor === undefined) throw new Error(`queue actor ${name} did not start`)
     const host = new QueueHost(name, actor, version, hostDeps, storedLastGreen, recovered, known)
