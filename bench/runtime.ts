@@ -50,8 +50,8 @@
  *    bare request actors (no services: builds held) from `{ kind: 'resume', context }`.
  * 4. idle queues at 500 and at 4000: opening them one `sp.queue()` after another, `stop()`,
  *    and a `createStovepipe` that reopens them; the time per queue at 4000 over the time per
- *    queue at 500 (no goal in the issue; ours: at most 2, where growth with the square of
- *    the number of queues reads about 8).
+ *    queue at 500 (no goal in the issue; ours: at most 2 for opening and for the restart,
+ *    where growth with the square of the number of queues reads about 8; stops reported).
  *
  * Parts 2, 3 and 4 run in child processes of this script (`--child <name>`), so that each
  * heap and each restart starts from a fresh process.
@@ -756,7 +756,11 @@ function reportQueues(bySize: ReadonlyMap<number, QueuesResult>, targets: Target
     const perB = b[key] / large
     console.log(`${label.padEnd(40)}${pad(perA.toFixed(3), 10)}${pad(perB.toFixed(3), 10)}   ratio ${(perB / perA).toFixed(2)}`)
   }
-  for (const [key, label] of phases.slice(0, 3)) {
+  // Goals on the two a user waits for as queues are added: opening them and starting on
+  // them. Stops are reported only: at 500 queues a stop takes about 10 ms, and what grows
+  // with the heap (garbage collection during the stop) moved its ratio between 1.6 and 1.9
+  // from run to run, where stops with every queue under the root read 2.7-2.9.
+  for (const [key, label] of [phases[0], phases[2]] as [keyof QueuesResult, string][]) {
     targets.push({
       name: `growth of ${label}, per queue at ${large} over ${small} queues`,
       value: b[key] / large / (a[key] / small),
